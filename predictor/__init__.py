@@ -1,0 +1,3 @@
+"""predictor: a batched MXNet/GluonCV SSD object-detection inference server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from predictor.cli import main
+
+main()

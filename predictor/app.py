@@ -1,0 +1,205 @@
+"""The HTTP application: routes, the /predict contract, JSON errors, metrics.
+
+Every answer is JSON except /metrics. Anything that is not a good request gets
+a 4xx with ``{"error": "..."}``; an unexpected fault gets a 500 with the same
+shape and is logged, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from predictor.batching import Batcher, BatchFailed, Overloaded, ShuttingDown
+from predictor.config import Settings, parse_probability
+from predictor.imaging import ImageError, ImageTooLarge, PreparedImage, prepare
+from predictor.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
+from predictor.model import Detector, RawDetections, to_detections
+
+log = logging.getLogger(__name__)
+
+INVALID_CONTENT = "Invalid content"
+RETRY_AFTER_S = 1
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+BATCHER_KEY: web.AppKey[Batcher[PreparedImage, RawDetections]] = web.AppKey("batcher")
+DETECTORS_KEY: web.AppKey[list[Detector]] = web.AppKey("detectors")
+POOL_KEY = web.AppKey("preprocess_pool", ThreadPoolExecutor)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The error body of the contract: ``{"error": message}``."""
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Application:
+    """Build the application around already loaded and warmed model replicas."""
+    metrics = Metrics()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_metrics_middleware, _error_middleware],
+    )
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics
+    app[DETECTORS_KEY] = list(detectors)
+    app[BATCHER_KEY] = Batcher(
+        [_images_to(detector) for detector in detectors],
+        max_batch_size=min(settings.batch_max_size, *(d.max_batch for d in detectors)),
+        max_delay_s=settings.batch_max_delay_ms / 1000.0,
+        queue_max=settings.queue_max,
+        metrics=metrics,
+    )
+    app[POOL_KEY] = ThreadPoolExecutor(
+        max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
+    )
+    app.on_startup.append(_start_batcher)
+    app.on_shutdown.append(_stop_batcher)
+    app.on_cleanup.append(_stop_pool)
+    app.router.add_post(settings.entry_point, predict)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+def _images_to(detector: Detector) -> Callable[[Sequence[PreparedImage]], list[RawDetections]]:
+    """A batcher replica: preprocessed images in, raw detections out."""
+
+    def forward(images: Sequence[PreparedImage]) -> list[RawDetections]:
+        return detector.forward([image.tensor for image in images])
+
+    return forward
+
+
+async def _start_batcher(app: web.Application) -> None:
+    app[BATCHER_KEY].start()
+
+
+async def _stop_batcher(app: web.Application) -> None:
+    # aiohttp has already stopped accepting and waited for handlers by now.
+    await app[BATCHER_KEY].stop(grace_s=5.0)
+
+
+async def _stop_pool(app: web.Application) -> None:
+    app[POOL_KEY].shutdown(wait=False, cancel_futures=True)
+
+
+async def predict(request: web.Request) -> web.Response:
+    """POST an ``image/jpeg`` body; answer the objects found in it."""
+    app = request.app
+    settings = app[SETTINGS_KEY]
+    if request.content_type.lower() != "image/jpeg":
+        return json_error(400, INVALID_CONTENT)
+    threshold = settings.probability_threshold
+    if "threshold" in request.query:
+        try:
+            threshold = parse_probability(request.query["threshold"])
+        except ValueError as exc:
+            return json_error(400, f"threshold: {exc}")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return json_error(413, f"the body is larger than {settings.max_body_bytes} bytes")
+    body = await request.read()
+    if not body:
+        return json_error(400, "the body is empty; send the JPEG bytes")
+
+    batcher = app[BATCHER_KEY]
+    try:
+        admission = batcher.admit()
+    except Overloaded as exc:
+        return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    except ShuttingDown as exc:
+        return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    with admission:
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(
+                app[POOL_KEY], prepare, body, settings.model_edge, settings.max_image_pixels
+            )
+        except ImageTooLarge as exc:
+            return json_error(413, str(exc))
+        except ImageError as exc:
+            return json_error(400, str(exc))
+        try:
+            raw = await admission.infer(image)
+        except BatchFailed as exc:
+            return json_error(500, f"inference failed: {exc}")
+        except ShuttingDown as exc:
+            return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    detector = app[DETECTORS_KEY][0]
+    detections = to_detections(
+        raw, image.width, image.height, settings.model_edge, detector.classes, threshold
+    )
+    body_json = {"prediction": [d.to_json() for d in detections]}
+    return web.json_response(body_json, dumps=_strict_dumps)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "alive"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the model is loaded, warmed and the batcher accepts work."""
+    batcher = request.app[BATCHER_KEY]
+    if not batcher.running:
+        return json_error(503, "not ready: the server is starting or shutting down")
+    return web.json_response(
+        {"status": "ready", "model": str(request.app[SETTINGS_KEY].model_prefix)}
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[METRICS_KEY].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
+    return response
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTTP errors into JSON bodies and unexpected faults into a 500."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        return json_error(413, f"the body is larger than {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        message = {404: f"not found: {request.path}", 405: f"method {request.method} not allowed"}
+        return json_error(exc.status, message.get(exc.status, exc.reason), headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return json_error(500, "internal error")
+
+
+@web.middleware
+async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    metrics = request.app[METRICS_KEY]
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    metrics.requests.labels(route=name, status=str(response.status)).inc()
+    if name == request.app[SETTINGS_KEY].entry_point:
+        metrics.request_latency.observe(time.perf_counter() - started)
+    return response
+
+
+def _strict_dumps(value: Any) -> str:
+    # allow_nan=False: a NaN that slipped through must fail loudly, not emit invalid JSON.
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))

@@ -1,0 +1,223 @@
+"""Command line: `predictor serve | export | predict | data ...`.
+
+Errors a user can fix (bad settings, missing files) are printed as one line
+naming the variable or file, with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from predictor.config import ConfigError, Settings, parse_probability
+
+if TYPE_CHECKING:
+    from predictor.model import Detector
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+log = logging.getLogger("predictor")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `predictor` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All sub-commands and their options."""
+    parser = argparse.ArgumentParser(
+        prog="predictor", description="MXNet SSD object-detection inference server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="start the HTTP server (configured by environment variables)"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    export = commands.add_parser("export", help="export a GluonCV model-zoo network")
+    export.add_argument(
+        "--zoo", required=True, metavar="NAME", help="e.g. ssd_512_resnet50_v1_coco"
+    )
+    export.add_argument("--out", required=True, type=Path, metavar="PREFIX", help="output prefix")
+    export.add_argument(
+        "--random-init", action="store_true", help="untrained weights (tests and benchmarks only)"
+    )
+    export.add_argument("--classes", metavar="A,B,...", help="class names, for *_custom networks")
+    export.add_argument("--edge", type=int, help="input edge, when the name does not say")
+    export.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    export.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=Path("~/.mxnet/models"),
+        help="where GluonCV's pretrained .params files are (default: %(default)s)",
+    )
+    export.set_defaults(func=_cmd_export)
+
+    predict = commands.add_parser(
+        "predict", help="detect objects in image files or folders, as JSON lines"
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    predict.add_argument("--out", type=Path, metavar="DIR", help="also write images with boxes")
+    predict.add_argument(
+        "--threshold", type=_probability_arg, help="default: PROBABILITY_MORE (0.5)"
+    )
+    predict.add_argument(
+        "--model", type=Path, metavar="PREFIX", help="checkpoint prefix (default: MODEL_PREFIX)"
+    )
+    predict.add_argument("--epoch", type=int, help="checkpoint epoch (default: MODEL_EPOCH)")
+    predict.add_argument("--edge", type=int, help="input edge (default: MODEL_EDGE)")
+    predict.set_defaults(func=_cmd_predict)
+
+    _add_data_commands(commands)
+    return parser
+
+
+def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from predictor.data.cli import add_data_parser
+    except ImportError:
+        return
+    add_data_parser(commands)
+
+
+def _probability_arg(raw: str) -> float:
+    try:
+        return parse_probability(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(settings: Settings) -> list[Detector]:
+    from predictor.model import CheckpointError, load_detectors
+
+    try:
+        return list(
+            load_detectors(
+                settings.model_prefix,
+                settings.model_epoch,
+                settings.model_edge,
+                settings.devices,
+                settings.batch_max_size,
+            )
+        )
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    _configure_logging(settings.log_level)
+    from predictor.server import serve
+
+    log.info(
+        "loading %s (epoch %d, %dx%d) on %s",
+        settings.model_prefix,
+        settings.model_epoch,
+        settings.model_edge,
+        settings.model_edge,
+        settings.devices.describe(),
+    )
+    detectors = _load(settings)
+    asyncio.run(serve(settings, detectors))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from predictor.export import ExportError, export_zoo
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    try:
+        result = export_zoo(
+            args.zoo,
+            args.out,
+            random_init=args.random_init,
+            classes=classes,
+            edge=args.edge,
+            seed=args.seed,
+            weights_dir=args.weights_dir,
+        )
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"exported {args.zoo} ({len(result.classes)} classes, {result.edge}x{result.edge}"
+        f"{', RANDOM weights' if result.random_init else ''}) to "
+        f"{result.symbol_path}, {result.params_path}, {result.synset_path}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from predictor.offline import detect_files, find_images, write_drawing
+
+    # Flags stand in for the environment variables of the same meaning.
+    overrides = {
+        "MODEL_PREFIX": args.model,
+        "MODEL_EPOCH": args.epoch,
+        "MODEL_EDGE": args.edge,
+    }
+    settings = Settings.from_env(
+        overrides={name: str(value) for name, value in overrides.items() if value is not None}
+    )
+    _configure_logging("WARNING")
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {missing[0]}")
+    files = find_images(args.paths)
+    if not files:
+        raise UserError("no image files found in " + ", ".join(str(p) for p in args.paths))
+    detector = _load(settings)[0]
+    threshold = settings.probability_threshold if args.threshold is None else args.threshold
+    source_root = args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None
+    failures = 0
+    results = detect_files(
+        files,
+        detector,
+        threshold,
+        settings.max_image_pixels,
+        settings.preprocess_workers,
+    )
+    for result in tqdm(results, total=len(files), unit="img", file=sys.stderr):
+        sys.stdout.write(result.to_json_line() + "\n")
+        if result.error is not None:
+            failures += 1
+        elif args.out is not None:
+            write_drawing(result, source_root, args.out)
+    sys.stdout.flush()
+    if failures:
+        print(f"{failures} of {len(files)} files could not be read", file=sys.stderr)
+    return EXIT_FAILURE if failures == len(files) else 0
+
+
+if __name__ == "__main__":
+    main()

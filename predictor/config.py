@@ -1,0 +1,237 @@
+"""Server configuration: one typed object, built once from the environment.
+
+Every setting is an environment variable. The first block keeps the names and
+defaults of the service this one replaces; the rest are new and follow the
+same style. A malformed value stops start-up with a `ConfigError` naming the
+variable: there are no silent fallbacks.
+
+Variable             Default                  Meaning
+-------------------  -----------------------  ------------------------------------------
+REST_HOST            0.0.0.0                  bind address
+REST_PORT            8080                     TCP port (0: any free port)
+REST_ENTRY_POINT     /predict                 path of the detection endpoint
+PROBABILITY_MORE     0.5                      keep detections with probability above this
+MODEL_PREFIX         models/ssd300_digits_shapes
+                                              checkpoint prefix: PREFIX-symbol.json,
+                                              PREFIX-EPOCH.params, synset.txt beside it
+MODEL_EPOCH          0                        checkpoint epoch
+MODEL_EDGE           300 (shipped model),     square input edge the network was trained
+                     512 when MODEL_PREFIX    for
+                     is set
+MODEL_CONTEXT_GPU    false                    true: GPU 0; "0,1": those GPUs, one model
+                                              replica each; false: the CPU
+MODEL_CPU_REPLICAS   1                        model replicas on the CPU (not with GPUs)
+BATCH_MAX_SIZE       8                        most images in one forward pass
+BATCH_MAX_DELAY_MS   5                        longest the oldest image in a batch waits
+                                              for the batch to fill
+QUEUE_MAX            64                       images admitted but not yet in a forward
+                                              pass; beyond it requests get 503
+MAX_BODY_BYTES       20971520 (20 MiB)        larger bodies get 413
+MAX_IMAGE_PIXELS     50000000                 larger images (read from the JPEG header,
+                                              before decoding) get 413
+PREPROCESS_WORKERS   number of CPU cores      threads decoding and resizing images
+LOG_LEVEL            INFO                     DEBUG, INFO, WARNING or ERROR
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+SHIPPED_MODEL_PREFIX = "models/ssd300_digits_shapes"
+SHIPPED_MODEL_EDGE = 300
+DEFAULT_MODEL_EDGE = 512
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a malformed or out-of-range value; the message names it."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Where model replicas run: the CPU (``gpus`` empty) or these GPU indices."""
+
+    gpus: tuple[int, ...] = ()
+    cpu_replicas: int = 1
+
+    @property
+    def uses_gpu(self) -> bool:
+        """True when the model runs on one or more GPUs."""
+        return bool(self.gpus)
+
+    def describe(self) -> str:
+        """Human-readable summary for logs and the CLI."""
+        if self.gpus:
+            return "gpu(" + ",".join(str(g) for g in self.gpus) + ")"
+        return f"cpu x{self.cpu_replicas}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server, validated. Build it with `Settings.from_env`."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    entry_point: str = "/predict"
+    probability_threshold: float = 0.5
+    model_prefix: Path = Path(SHIPPED_MODEL_PREFIX)
+    model_epoch: int = 0
+    model_edge: int = SHIPPED_MODEL_EDGE
+    devices: DeviceSpec = field(default_factory=DeviceSpec)
+    batch_max_size: int = 8
+    batch_max_delay_ms: float = 5.0
+    queue_max: int = 64
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    preprocess_workers: int = max(1, os.cpu_count() or 1)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Read and validate every setting; raise `ConfigError` naming the culprit.
+
+        ``environ`` defaults to the process environment; ``overrides`` (from
+        command-line flags) take precedence over it, variable by variable.
+        """
+        env = {**(os.environ if environ is None else environ), **(overrides or {})}
+        reader = _EnvReader(env)
+        prefix_raw = env.get("MODEL_PREFIX", "").strip()
+        default_edge = DEFAULT_MODEL_EDGE if prefix_raw else SHIPPED_MODEL_EDGE
+        no_gpus: tuple[int, ...] = ()
+        gpus = reader.get("MODEL_CONTEXT_GPU", _parse_gpus, no_gpus)
+        return cls(
+            host=reader.get("REST_HOST", _parse_host, "0.0.0.0"),
+            port=reader.get("REST_PORT", _int_in(0, 65535), 8080),
+            entry_point=reader.get("REST_ENTRY_POINT", _parse_path, "/predict"),
+            probability_threshold=reader.get("PROBABILITY_MORE", parse_probability, 0.5),
+            model_prefix=Path(prefix_raw or SHIPPED_MODEL_PREFIX),
+            model_epoch=reader.get("MODEL_EPOCH", _int_in(0, 9999), 0),
+            model_edge=reader.get("MODEL_EDGE", _int_in(32, 4096), default_edge),
+            devices=DeviceSpec(
+                gpus=gpus,
+                cpu_replicas=reader.get("MODEL_CPU_REPLICAS", _int_in(1, 64), 1),
+            ),
+            batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
+            batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
+            queue_max=reader.get("QUEUE_MAX", _int_in(1, 1_000_000), 64),
+            max_body_bytes=reader.get("MAX_BODY_BYTES", _int_in(1024, 2**31), 20 * 1024 * 1024),
+            max_image_pixels=reader.get("MAX_IMAGE_PIXELS", _int_in(1, 2**31), 50_000_000),
+            preprocess_workers=reader.get(
+                "PREPROCESS_WORKERS", _int_in(1, 256), max(1, os.cpu_count() or 1)
+            ),
+            log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),
+        )
+
+    @property
+    def symbol_path(self) -> Path:
+        """The network definition file of the configured checkpoint."""
+        return Path(f"{self.model_prefix}-symbol.json")
+
+    @property
+    def params_path(self) -> Path:
+        """The weights file of the configured checkpoint and epoch."""
+        return Path(f"{self.model_prefix}-{self.model_epoch:04d}.params")
+
+    @property
+    def synset_path(self) -> Path:
+        """`synset.txt` beside the checkpoint: one class name per line."""
+        return self.model_prefix.parent / "synset.txt"
+
+
+class _EnvReader:
+    """Reads one variable at a time and turns parse failures into `ConfigError`."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def parse_probability(raw: str) -> float:
+    """A finite probability in [0, 1]; used for the env default and `?threshold=`."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number between 0 and 1") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError("expected a number between 0 and 1")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ValueError(f"expected a whole number between {low} and {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number between {low:g} and {high:g}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"expected a number between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _parse_gpus(raw: str) -> tuple[int, ...]:
+    lowered = raw.lower()
+    if lowered in ("false", "no", "off"):
+        return ()
+    if lowered in ("true", "yes", "on"):
+        return (0,)
+    try:
+        indices = tuple(int(part, 10) for part in raw.split(","))
+    except ValueError:
+        raise ValueError("expected true, false, or GPU indices such as 0 or 0,1") from None
+    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError("GPU indices must be distinct and non-negative")
+    return indices
+
+
+def _parse_host(raw: str) -> str:
+    if any(ch.isspace() for ch in raw):
+        raise ValueError("a host name or address may not contain spaces")
+    return raw
+
+
+def _parse_path(raw: str) -> str:
+    if not raw.startswith("/") or any(ch.isspace() or ch in "?#" for ch in raw):
+        raise ValueError("expected a URL path starting with '/', without spaces, '?' or '#'")
+    if raw in ("/health", "/ready", "/metrics"):
+        raise ValueError(f"{raw} is reserved for the service's own endpoints")
+    return raw
+
+
+def _parse_log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level

@@ -1,0 +1,37 @@
+"""Packaging for predictor: an MXNet SSD object-detection inference server."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="predictor",
+    version="0.1.0",
+    description="Batched MXNet/GluonCV SSD object-detection inference server",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["predictor", "predictor.*"]),
+    package_data={"predictor": ["py.typed"]},
+    # Serving needs only these plus an MXNet build (extra `cpu` or `gpu`).
+    install_requires=[
+        "numpy<1.24",
+        "opencv-python-headless",
+        "aiohttp>=3.9",
+        "prometheus-client",
+        "tqdm",
+    ],
+    extras_require={
+        "cpu": ["mxnet==1.9.1"],
+        "gpu": ["mxnet-cu112==1.9.1"],
+        # Exporting model-zoo networks and training need GluonCV.
+        "train": ["gluoncv==0.10.5.post0", "matplotlib", "scipy", "pandas"],
+        "dev": [
+            "pytest",
+            "pytest-aiohttp",
+            "pytest-asyncio",
+            "hypothesis",
+            "ruff",
+            "mypy",
+        ],
+    },
+    entry_points={"console_scripts": ["predictor=predictor.cli:main"]},
+)

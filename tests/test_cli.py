@@ -1,0 +1,197 @@
+"""The `predictor` command as a user runs it: real processes, real files, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import SMALL_EDGE, encode_jpeg, scene
+
+PREDICTOR = [sys.executable, "-m", "predictor"]
+STARTUP_TIMEOUT_S = 120
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        PREDICTOR + args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def model_env(prefix: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REST_", "MODEL_"))}
+    env.update(
+        {
+            "MODEL_PREFIX": str(prefix),
+            "MODEL_EDGE": str(SMALL_EDGE),
+            "REST_HOST": "127.0.0.1",
+            "REST_PORT": "0",
+            "BATCH_MAX_SIZE": "4",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """`predictor serve` in a child process; finds its port from the start-up log."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [*PREDICTOR, "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log: list[str] = []
+        self._port: int | None = None
+        self._started = threading.Event()
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._started.wait(STARTUP_TIMEOUT_S) or self._port is None:
+            self.process.kill()
+            raise AssertionError("server did not start:\n" + "".join(self.log))
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            match = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                self._port = int(match.group(1))
+                self._started.set()
+        self._started.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def request(self, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        headers = {"Content-Type": "image/jpeg"} if body is not None else {}
+        request = urllib.request.Request(self.url + path, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def server(small_model_prefix: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(model_env(small_model_prefix))
+    yield process
+    if process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
+
+
+def test_serve_starts_answers_and_stops_cleanly_on_sigterm(server: ServerProcess) -> None:
+    assert server.request("/health") == (200, {"status": "alive"})
+    status, ready = server.request("/ready")
+    assert status == 200 and ready["status"] == "ready"
+    status, payload = server.request("/predict", encode_jpeg(scene(1)))
+    assert status == 200 and isinstance(payload["prediction"], list)
+    assert server.stop(signal.SIGTERM) == 0
+    log = "".join(server.log)
+    assert "draining" in log and "stopped" in log
+    assert "Traceback" not in log
+
+
+def test_serve_stops_cleanly_on_sigint(server: ServerProcess) -> None:
+    assert server.request("/health")[0] == 200
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_serve_with_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
+    result = run(["serve"], model_env(tmp_path / "absent"), timeout=60)
+    assert result.returncode != 0
+    assert f"model file not found: {tmp_path / 'absent'}-symbol.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_malformed_setting_names_the_variable(small_model_prefix: Path) -> None:
+    result = run(["serve"], model_env(small_model_prefix, BATCH_MAX_DELAY_MS="soon"), timeout=60)
+    assert result.returncode == 2
+    assert "BATCH_MAX_DELAY_MS='soon'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_over_a_folder_writes_json_lines_and_drawings(
+    small_model_prefix: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    (photos / "album").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(encode_jpeg(scene(1, 800, 600)))
+    (photos / "album" / "b.jpeg").write_bytes(encode_jpeg(scene(2, 300, 500)))
+    (photos / "album" / "c.png").write_bytes(b"not really a png")
+    (photos / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "drawn"
+    started = time.monotonic()
+    result = run(
+        ["predict", str(photos), "--out", str(out), "--threshold", "0.3"],
+        model_env(small_model_prefix),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(line["path"]).name for line in lines] == ["a.jpg", "b.jpeg", "c.png"]
+    assert "could not be decoded" in lines[2]["error"]
+    for line, (width, height) in zip(lines[:2], ((800, 600), (300, 500)), strict=False):
+        for detection in line["prediction"]:
+            assert detection["probability"] > 0.3
+            assert detection["x"] + detection["width"] <= width
+            assert detection["y"] + detection["height"] <= height
+    assert (out / "a.jpg").is_file() and (out / "album" / "b.jpg").is_file()
+    assert "1 of 3 files could not be read" in result.stderr
+    assert time.monotonic() - started < 120
+
+
+def test_predict_on_a_missing_path_names_it(small_model_prefix: Path, tmp_path: Path) -> None:
+    result = run(["predict", str(tmp_path / "nowhere.jpg")], model_env(small_model_prefix))
+    assert result.returncode != 0
+    assert f"no such file or folder: {tmp_path / 'nowhere.jpg'}" in result.stderr
+
+
+def test_export_without_weights_says_which_file_to_put_where(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    result = run(
+        [
+            "export",
+            "--zoo",
+            "ssd_512_resnet50_v1_coco",
+            "--out",
+            str(tmp_path / "m"),
+            "--weights-dir",
+            str(tmp_path / "weights"),
+        ],
+        env,
+    )
+    assert result.returncode == 1
+    expected = tmp_path / "weights" / "ssd_512_resnet50_v1_coco-c4835162.params"
+    assert f"expected {expected}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_of_an_unknown_network_is_refused(tmp_path: Path) -> None:
+    result = run(
+        ["export", "--zoo", "ssd_300_nothing", "--out", str(tmp_path / "m")], dict(os.environ)
+    )
+    assert result.returncode == 1
+    assert "not a GluonCV model-zoo network" in result.stderr

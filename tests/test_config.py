@@ -1,0 +1,115 @@
+"""Settings from the environment: defaults, parsing, and errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from predictor.config import (
+    DEFAULT_MODEL_EDGE,
+    SHIPPED_MODEL_EDGE,
+    SHIPPED_MODEL_PREFIX,
+    ConfigError,
+    Settings,
+)
+
+
+def test_defaults_match_the_original_service() -> None:
+    settings = Settings.from_env({})
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8080
+    assert settings.entry_point == "/predict"
+    assert settings.probability_threshold == 0.5
+    assert settings.model_epoch == 0
+    assert not settings.devices.uses_gpu
+    # With MODEL_PREFIX unset, the shipped model and its input edge.
+    assert settings.model_prefix == Path(SHIPPED_MODEL_PREFIX)
+    assert settings.model_edge == SHIPPED_MODEL_EDGE
+
+
+def test_model_files_follow_the_prefix_and_epoch() -> None:
+    settings = Settings.from_env({"MODEL_PREFIX": "m/resnet50_ssd_model", "MODEL_EPOCH": "12"})
+    assert settings.model_edge == DEFAULT_MODEL_EDGE == 512
+    assert settings.symbol_path == Path("m/resnet50_ssd_model-symbol.json")
+    assert settings.params_path == Path("m/resnet50_ssd_model-0012.params")
+    assert settings.synset_path == Path("m/synset.txt")
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "REST_HOST": "127.0.0.1",
+            "REST_PORT": "9000",
+            "REST_ENTRY_POINT": "/detect",
+            "PROBABILITY_MORE": "0.25",
+            "MODEL_EDGE": "384",
+            "MODEL_CONTEXT_GPU": "0,1",
+            "BATCH_MAX_SIZE": "16",
+            "BATCH_MAX_DELAY_MS": "2.5",
+            "QUEUE_MAX": "10",
+            "MAX_BODY_BYTES": "2048",
+            "MAX_IMAGE_PIXELS": "1000",
+            "PREPROCESS_WORKERS": "3",
+            "MODEL_CPU_REPLICAS": "2",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert (settings.host, settings.port, settings.entry_point) == ("127.0.0.1", 9000, "/detect")
+    assert settings.probability_threshold == 0.25
+    assert settings.model_edge == 384
+    assert settings.devices.gpus == (0, 1)
+    assert settings.devices.cpu_replicas == 2
+    assert (settings.batch_max_size, settings.batch_max_delay_ms) == (16, 2.5)
+    assert (settings.queue_max, settings.max_body_bytes, settings.max_image_pixels) == (
+        10,
+        2048,
+        1000,
+    )
+    assert settings.preprocess_workers == 3
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("value", "gpus"),
+    [("false", ()), ("FALSE", ()), ("true", (0,)), ("True", (0,)), ("0", (0,)), ("1,3", (1, 3))],
+)
+def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
+    assert Settings.from_env({"MODEL_CONTEXT_GPU": value}).devices.gpus == gpus
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REST_PORT", "eighty"),
+        ("REST_PORT", "70000"),
+        ("REST_PORT", "-1"),
+        ("REST_ENTRY_POINT", "predict"),
+        ("REST_ENTRY_POINT", "/health"),
+        ("PROBABILITY_MORE", "1.5"),
+        ("PROBABILITY_MORE", "nan"),
+        ("MODEL_EPOCH", "1.0"),
+        ("MODEL_EDGE", "0"),
+        ("MODEL_CONTEXT_GPU", "maybe"),
+        ("MODEL_CONTEXT_GPU", "0,0"),
+        ("BATCH_MAX_SIZE", "0"),
+        ("BATCH_MAX_DELAY_MS", "-5"),
+        ("QUEUE_MAX", "many"),
+        ("MAX_BODY_BYTES", "1e6"),
+        ("LOG_LEVEL", "LOUD"),
+        ("REST_HOST", "bad host"),
+    ],
+)
+def test_malformed_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({name: value})
+    assert str(error.value).startswith(f"{name}={value!r}: ")
+
+
+def test_blank_values_mean_default() -> None:
+    assert Settings.from_env({"REST_PORT": "  ", "PROBABILITY_MORE": ""}).port == 8080
+
+
+def test_overrides_win_over_the_environment() -> None:
+    settings = Settings.from_env({"MODEL_EPOCH": "3"}, overrides={"MODEL_EPOCH": "5"})
+    assert settings.model_epoch == 5

@@ -1,0 +1,161 @@
+"""Model loading (with its failure modes) and the mapping to contract detections."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from predictor.config import DeviceSpec
+from predictor.model import (
+    Checkpoint,
+    CheckpointError,
+    Detector,
+    RawDetections,
+    contexts_for,
+    load_detectors,
+    network_class_count,
+    to_detections,
+)
+
+from .conftest import SMALL_CLASSES, SMALL_EDGE
+
+CLASSES = ["cat", "dog"]
+
+
+def raw(rows: Sequence[tuple[float, ...]]) -> RawDetections:
+    array = np.array(rows, dtype=np.float32).reshape(-1, 6)
+    return RawDetections(array[:, 0], array[:, 1], array[:, 2:])
+
+
+def test_detections_are_scaled_to_the_original_image_and_sorted() -> None:
+    detections = to_detections(
+        raw([(1, 0.8, 10, 20, 110, 220), (0, 0.99, 0, 0, 150, 300)]),
+        width=600,
+        height=900,
+        edge=300,
+        classes=CLASSES,
+        threshold=0.5,
+    )
+    assert [d.to_json() for d in detections] == [
+        {"objectClass": "cat", "probability": 0.99, "x": 0, "y": 0, "width": 300, "height": 900},
+        {"objectClass": "dog", "probability": 0.8, "x": 20, "y": 60, "width": 200, "height": 600},
+    ]
+
+
+def test_boxes_are_clipped_and_degenerate_boxes_dropped() -> None:
+    detections = to_detections(
+        raw([(0, 0.9, -50, -10, 400, 500), (1, 0.9, 310, 10, 350, 20), (0, 0.9, 5, 5, 5, 50)]),
+        width=300,
+        height=300,
+        edge=300,
+        classes=CLASSES,
+        threshold=0.5,
+    )
+    assert [(d.x, d.y, d.width, d.height) for d in detections] == [(0, 0, 300, 300)]
+
+
+def test_threshold_is_strict_and_non_finite_or_unknown_rows_never_pass() -> None:
+    nan, inf = float("nan"), float("inf")
+    rows = [
+        (0, 0.5, 1, 1, 50, 50),  # equal to the threshold: not above it
+        (0, nan, 1, 1, 50, 50),
+        (0, inf, 1, 1, 50, 50),
+        (0, 0.9, nan, 1, 50, 50),
+        (1, 0.9, 1, 1, inf, 50),
+        (-1, 0.9, 1, 1, 50, 50),  # padding row
+        (2, 0.9, 1, 1, 50, 50),  # class id beyond synset
+        (nan, 0.9, 1, 1, 50, 50),
+        (1, 0.51, 1, 1, 50, 50),
+    ]
+    detections = to_detections(raw(rows), 100, 100, 100, CLASSES, 0.5)
+    assert [(d.object_class, d.probability) for d in detections] == [("dog", 0.51)]
+
+
+def test_probability_is_the_float32_value_in_its_shortest_form() -> None:
+    (detection,) = to_detections(raw([(0, 0.9959417, 0, 0, 9, 9)]), 10, 10, 10, CLASSES, 0.5)
+    assert detection.probability == 0.9959417
+
+
+def test_contexts_for_devices() -> None:
+    assert contexts_for(DeviceSpec()) == [mx.cpu(0)]
+    assert contexts_for(DeviceSpec(cpu_replicas=2)) == [mx.cpu(0), mx.cpu(1)]
+    assert contexts_for(DeviceSpec(gpus=(0, 2))) == [mx.gpu(0), mx.gpu(2)]
+
+
+def test_class_count_is_read_from_the_symbol(small_model_prefix: Path) -> None:
+    symbol = Path(f"{small_model_prefix}-symbol.json")
+    assert network_class_count(symbol, SMALL_EDGE) == len(SMALL_CLASSES)
+
+
+def copy_checkpoint(prefix: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for suffix in ("-symbol.json", "-0000.params"):
+        shutil.copy(f"{prefix}{suffix}", f"{target / 'm'}{suffix}")
+    shutil.copy(prefix.parent / "synset.txt", target / "synset.txt")
+    return target / "m"
+
+
+@pytest.mark.parametrize("missing", ["-symbol.json", "-0000.params", "synset.txt"])
+def test_missing_file_is_named(small_model_prefix: Path, tmp_path: Path, missing: str) -> None:
+    prefix = copy_checkpoint(small_model_prefix, tmp_path)
+    victim = tmp_path / "synset.txt" if missing == "synset.txt" else Path(f"{prefix}{missing}")
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=f"not found: {victim}"):
+        Checkpoint.from_prefix(prefix, 0)
+
+
+def load(prefix: Path) -> list[Detector]:
+    return load_detectors(prefix, 0, SMALL_EDGE, DeviceSpec(), 1)
+
+
+def test_truncated_params_are_named(small_model_prefix: Path, tmp_path: Path) -> None:
+    prefix = copy_checkpoint(small_model_prefix, tmp_path)
+    params = Path(f"{prefix}-0000.params")
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=str(params)):
+        load(prefix)
+
+
+def test_corrupt_symbol_is_named(small_model_prefix: Path, tmp_path: Path) -> None:
+    prefix = copy_checkpoint(small_model_prefix, tmp_path)
+    symbol = Path(f"{prefix}-symbol.json")
+    symbol.write_text('{"nodes": [')
+    with pytest.raises(CheckpointError, match=str(symbol)):
+        load(prefix)
+
+
+def test_params_of_another_network_are_refused(small_model_prefix: Path, tmp_path: Path) -> None:
+    prefix = copy_checkpoint(small_model_prefix, tmp_path)
+    params = Path(f"{prefix}-0000.params")
+    weights = mx.nd.load(str(params))
+    name = next(k for k in weights if k.endswith("_weight"))
+    weights[name] = mx.nd.zeros((3, 3))
+    mx.nd.save(str(params), weights)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load(prefix)
+
+
+def test_wrong_class_count_in_synset_is_named(small_model_prefix: Path, tmp_path: Path) -> None:
+    prefix = copy_checkpoint(small_model_prefix, tmp_path)
+    (tmp_path / "synset.txt").write_text("cat\ndog\n")
+    with pytest.raises(CheckpointError, match=r"synset\.txt lists 2 classes but .* predicts 13"):
+        load(prefix)
+
+
+def test_forward_is_deterministic_and_batch_independent(detectors: list[Detector]) -> None:
+    detector = detectors[0]
+    rng = np.random.default_rng(0)
+    tensors = [rng.normal(0, 1, (3, SMALL_EDGE, SMALL_EDGE)).astype(np.float32) for _ in range(5)]
+    together = detector.forward(tensors)
+    for tensor, batched in zip(tensors, together, strict=True):
+        (alone,) = detector.forward([tensor])
+        assert np.allclose(alone.scores, batched.scores, atol=1e-5)
+        assert np.allclose(alone.boxes, batched.boxes, atol=1e-2)
+    assert not np.allclose(together[0].scores, together[1].scores)
+    with pytest.raises(ValueError):
+        detector.forward([])

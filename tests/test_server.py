@@ -1,0 +1,286 @@
+"""The HTTP contract, on a real server bound to a loopback port, with the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from predictor.app import create_app
+from predictor.config import Settings
+from predictor.model import Detector
+
+from .conftest import encode_jpeg, scene, settings_with
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+Client = TestClient[Any, Any]
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> Client:
+    return await aiohttp_client(create_app(small_settings, detectors))
+
+
+async def client_with(
+    aiohttp_client: ClientFactory, base: Settings, detectors: list[Detector], **changes: object
+) -> Client:
+    return await aiohttp_client(create_app(settings_with(base, **changes), detectors))
+
+
+async def post_jpeg(client: Client, body: bytes, query: str = "") -> tuple[int, Any]:
+    async with client.post("/predict" + query, data=body, headers=JPEG) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+def assert_contract(payload: Any, width: int, height: int, threshold: float) -> None:
+    assert set(payload) == {"prediction"}
+    previous = 1.0
+    for item in payload["prediction"]:
+        assert set(item) == {"objectClass", "probability", "x", "y", "width", "height"}
+        assert isinstance(item["objectClass"], str)
+        for key in ("x", "y", "width", "height"):
+            assert isinstance(item[key], int), (key, item)
+        assert threshold < item["probability"] <= 1.0
+        assert item["probability"] <= previous  # most confident first
+        previous = item["probability"]
+        assert item["x"] >= 0 and item["x"] + item["width"] <= width
+        assert item["y"] >= 0 and item["y"] + item["height"] <= height
+        assert item["width"] > 0 and item["height"] > 0
+
+
+async def test_predict_answers_the_contract(client: Client) -> None:
+    body = encode_jpeg(scene(1, 800, 600))
+    async with client.post("/predict", data=body, headers=JPEG) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        text = await response.text()
+    payload = json.loads(text)
+    assert payload["prediction"], "the calibrated test network finds objects at 0.5"
+    assert_contract(payload, 800, 600, 0.5)
+    assert "NaN" not in text and "Infinity" not in text
+
+
+async def test_boxes_are_in_original_pixels_for_any_size(client: Client) -> None:
+    for width, height in ((1920, 1080), (97, 301), (300, 300), (2000, 40)):
+        status, payload = await post_jpeg(
+            client, encode_jpeg(scene(2, width, height)), "?threshold=0"
+        )
+        assert status == 200
+        assert_contract(payload, width, height, 0.0)
+        assert payload["prediction"]
+        # Boxes reach beyond the 300-px network input: they were scaled back.
+        if width > 300:
+            assert max(d["x"] + d["width"] for d in payload["prediction"]) > 300
+
+
+async def test_threshold_query_filters_and_overrides_default(client: Client) -> None:
+    body = encode_jpeg(scene(3))
+    _, everything = await post_jpeg(client, body, "?threshold=0")
+    _, default = await post_jpeg(client, body)
+    _, strict = await post_jpeg(client, body, "?threshold=0.99999")
+    probabilities = [d["probability"] for d in everything["prediction"]]
+    assert len(default["prediction"]) == sum(p > 0.5 for p in probabilities)
+    assert len(strict["prediction"]) == sum(p > 0.99999 for p in probabilities)
+    assert len(everything["prediction"]) > len(strict["prediction"])
+    assert default["prediction"] == everything["prediction"][: len(default["prediction"])]
+
+
+async def test_probability_more_sets_the_default_threshold(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(
+        aiohttp_client, small_settings, detectors, probability_threshold=0.9999
+    )
+    _, payload = await post_jpeg(client, encode_jpeg(scene(3)))
+    assert all(d["probability"] > 0.9999 for d in payload["prediction"])
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "2", "abc", "", "inf"])
+async def test_bad_threshold_is_400(client: Client, value: str) -> None:
+    status, payload = await post_jpeg(client, encode_jpeg(scene(4)), f"?threshold={value}")
+    assert status == 400
+    assert "threshold" in payload["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["image/png", "text/plain", "application/octet-stream", "multipart/form-data"]
+)
+async def test_other_content_type_is_invalid_content(client: Client, content_type: str) -> None:
+    body = encode_jpeg(scene(5))
+    async with client.post("/predict", data=body, headers={"Content-Type": content_type}) as r:
+        assert r.status == 400
+        assert await r.json() == {"error": "Invalid content"}
+
+
+async def test_missing_content_type_is_invalid_content(client: Client) -> None:
+    async with client.post("/predict", data=b"", skip_auto_headers=["Content-Type"]) as r:
+        assert r.status == 400
+        assert await r.json() == {"error": "Invalid content"}
+
+
+async def test_content_type_parameters_and_case_are_accepted(client: Client) -> None:
+    body = encode_jpeg(scene(6))
+    headers = {"Content-Type": "image/JPEG; charset=binary"}
+    async with client.post("/predict", data=body, headers=headers) as response:
+        assert response.status == 200
+        assert "prediction" in await response.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "not a JPEG"),
+        (b"GIF89a" + b"\x00" * 100, "not a JPEG"),
+        (b"random bytes that are not an image at all", "not a JPEG"),
+    ],
+)
+async def test_undecodable_bodies_are_400(client: Client, body: bytes, fragment: str) -> None:
+    status, payload = await post_jpeg(client, body)
+    assert status == 400
+    assert fragment in payload["error"]
+
+
+async def test_truncated_jpeg_is_400_and_server_keeps_serving(client: Client) -> None:
+    whole = encode_jpeg(scene(7))
+    for cut in (3, 20, 200):
+        status, payload = await post_jpeg(client, whole[:cut])
+        assert status == 400, payload
+        assert payload["error"]
+    status, _ = await post_jpeg(client, whole)
+    assert status == 200
+
+
+async def test_body_over_limit_is_413(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(aiohttp_client, small_settings, detectors, max_body_bytes=4096)
+    status, payload = await post_jpeg(client, encode_jpeg(scene(8), quality=95))
+    assert status == 413
+    assert "4096" in payload["error"]
+
+
+async def test_image_over_pixel_limit_is_413(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(
+        aiohttp_client, small_settings, detectors, max_image_pixels=100 * 100
+    )
+    status, payload = await post_jpeg(client, encode_jpeg(scene(9, 200, 100)))
+    assert status == 413
+    assert "200x100" in payload["error"]
+
+
+async def test_full_queue_answers_503_with_retry_after(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(
+        aiohttp_client, small_settings, detectors, queue_max=2, batch_max_delay_ms=50.0
+    )
+    body = encode_jpeg(scene(10))
+
+    async def one() -> tuple[int, str | None, Any]:
+        async with client.post("/predict", data=body, headers=JPEG) as response:
+            return response.status, response.headers.get("Retry-After"), await response.json()
+
+    results = await asyncio.gather(*(one() for _ in range(24)))
+    statuses = sorted(status for status, _, _ in results)
+    assert set(statuses) == {200, 503}, statuses
+    for status, retry_after, payload in results:
+        if status == 503:
+            assert retry_after is not None and int(retry_after) >= 1
+            assert "queue is full" in payload["error"]
+        else:
+            assert "prediction" in payload
+    status, _ = await post_jpeg(client, body)
+    assert status == 200
+
+
+async def test_wrong_method_is_405_json(client: Client) -> None:
+    async with client.get("/predict") as response:
+        assert response.status == 405
+        assert "POST" in response.headers["Allow"]
+        assert "not allowed" in (await response.json())["error"]
+    async with client.post("/health") as response:
+        assert response.status == 405
+
+
+async def test_unknown_path_is_404_json(client: Client) -> None:
+    async with client.post("/nothing-here", data=b"x", headers=JPEG) as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "not found: /nothing-here"
+
+
+async def test_custom_entry_point(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(aiohttp_client, small_settings, detectors, entry_point="/detect")
+    async with client.post("/detect", data=encode_jpeg(scene(11)), headers=JPEG) as response:
+        assert response.status == 200
+    async with client.post("/predict", data=encode_jpeg(scene(11)), headers=JPEG) as response:
+        assert response.status == 404
+
+
+async def test_health_and_ready(client: Client) -> None:
+    async with client.get("/health") as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "alive"}
+    async with client.get("/ready") as response:
+        assert response.status == 200
+        assert (await response.json())["status"] == "ready"
+
+
+async def test_metrics_count_requests_statuses_and_queue(client: Client) -> None:
+    await post_jpeg(client, encode_jpeg(scene(12)))
+    await post_jpeg(client, b"not a jpeg")
+    async with client.get("/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    assert re.search(r'predictor_requests_total\{route="/predict",status="200"\} 1\.0', text)
+    assert re.search(r'predictor_requests_total\{route="/predict",status="400"\} 1\.0', text)
+    assert "predictor_request_duration_seconds_bucket" in text
+    assert "predictor_batch_size_count 1.0" in text
+    assert "predictor_queue_depth 0.0" in text
+    assert "process_resident_memory_bytes" in text
+
+
+def normalised(payload: Any) -> list[tuple[str, int, int, int, int, float]]:
+    """Detections in an order that does not depend on float ties."""
+    return sorted(
+        (d["objectClass"], d["x"], d["y"], d["width"], d["height"], d["probability"])
+        for d in payload["prediction"]
+    )
+
+
+async def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    client: Client,
+) -> None:
+    bodies = [encode_jpeg(scene(100 + i, 320 + 16 * i, 240 + 8 * i)) for i in range(32)]
+    alone = [await post_jpeg(client, body, "?threshold=0.3") for body in bodies]
+    together = await asyncio.gather(*(post_jpeg(client, body, "?threshold=0.3") for body in bodies))
+    distinct = {json.dumps(normalised(payload)) for _, payload in alone}
+    assert len(distinct) == len(bodies), "every test image must give a different answer"
+    for (status_a, single), (status_b, batched) in zip(alone, together, strict=True):
+        assert status_a == status_b == 200
+        a, b = normalised(single), normalised(batched)
+        assert len(a) == len(b)
+        for da, db in zip(a, b, strict=True):
+            assert da[0] == db[0]
+            assert all(abs(p - q) <= 1 for p, q in zip(da[1:5], db[1:5], strict=True)), (da, db)
+            assert abs(da[5] - db[5]) <= 1e-4
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    # Single requests made batches of 1; the concurrent burst must have made larger ones.
+    count = float(re.search(r"predictor_batch_size_count (\S+)", text).group(1))  # type: ignore[union-attr]
+    assert count < 32 + 32, f"{count} forward passes for 64 images: no batching happened"

@@ -1,0 +1,78 @@
+"""Closed-loop HTTP load: N clients, each sending the next JPEG as soon as it has an answer.
+
+Traffic goes only to the URL given (the benchmarks pass a loopback address);
+every run is bounded by a request count and a time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    """What one load level produced."""
+
+    concurrency: int
+    wall_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered 200."""
+        return self.statuses[200]
+
+    @property
+    def throughput_rps(self) -> float:
+        """Successful answers per second of wall time."""
+        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """Latency percentile of successful requests."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def drive(
+    url: str,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    requests: int,
+    time_limit_s: float,
+) -> LoadResult:
+    """POST ``requests`` bodies from ``concurrency`` clients, stopping at ``time_limit_s``."""
+    result = LoadResult(concurrency=concurrency, wall_s=0.0)
+    counter = itertools.count()
+    deadline = time.monotonic() + time_limit_s
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=60)
+    headers = {"Content-Type": "image/jpeg"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            while time.monotonic() < deadline:
+                index = next(counter)
+                if index >= requests:
+                    return
+                body = bodies[index % len(bodies)]
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+                elapsed_ms = (time.perf_counter() - started) * 1000.0
+                result.statuses[status] += 1
+                if status == 200:
+                    result.latencies_ms.append(elapsed_ms)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.wall_s = time.perf_counter() - started
+    return result

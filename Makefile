@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 # Which MXNet build to install: cpu (default) or gpu (mxnet-cu112, CUDA 11.2).
 MXNET_BUILD ?= cpu
 STAMP  := $(VENV)/.installed-$(MXNET_BUILD)
+OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
@@ -18,6 +19,9 @@ setup: $(STAMP)
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# mxnet and mxnet-cu112 both install the `mxnet` package: keep only the one asked for.
+	rm -f $(VENV)/.installed-*
+	$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_MXNET) 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(MXNET_BUILD),train,dev]'
 	touch $@
 
@@ -43,8 +47,8 @@ unit: setup
 
 test: lint typecheck unit
 
-bench: setup
-	$(BIN)/python bench/bench_server.py
+bench: setup $(SHIPPED_MODEL)-symbol.json
+	$(BIN)/python -m bench.bench_server
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -11,6 +11,9 @@ then dispatches results to futures.
   queued*. Images that queued while the previous batch was running are
   therefore dispatched without further delay: the next batch fills while the
   device is busy.
+- It only waits for images that are on their way: admitted, and still being
+  decoded. When every admitted image is already in the batch, nothing can
+  join it, so it runs at once; a lone request never pays the delay.
 - The forward pass runs on the replica's own thread, so the event loop keeps
   accepting and preprocessing requests meanwhile.
 - An image whose requester went away (its future was cancelled) is dropped
@@ -216,6 +219,8 @@ class Batcher(Generic[In, Out]):
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if self._admitted <= len(batch):
+                break  # no other admitted image is on its way
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

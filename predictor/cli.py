@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from predictor.config import ConfigError, Settings, parse_probability
+from predictor.data.cli import add_data_parser
 
 if TYPE_CHECKING:
     from predictor.model import Detector
@@ -91,16 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--edge", type=int, help="input edge (default: MODEL_EDGE)")
     predict.set_defaults(func=_cmd_predict)
 
-    _add_data_commands(commands)
-    return parser
+    healthcheck = commands.add_parser(
+        "healthcheck", help="exit 0 if the local server answers /health (for HEALTHCHECK)"
+    )
+    healthcheck.add_argument("--path", default="/health", help="default: %(default)s")
+    healthcheck.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    healthcheck.set_defaults(func=_cmd_healthcheck)
 
-
-def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    try:
-        from predictor.data.cli import add_data_parser
-    except ImportError:
-        return
     add_data_parser(commands)
+    return parser
 
 
 def _probability_arg(raw: str) -> float:
@@ -217,6 +217,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(files)} files could not be read", file=sys.stderr)
     return EXIT_FAILURE if failures == len(files) else 0
+
+
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    settings = Settings.from_env()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    url = f"http://{host}:{settings.port}{args.path}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            healthy = response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0 if healthy else EXIT_FAILURE
 
 
 if __name__ == "__main__":

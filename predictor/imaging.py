@@ -115,10 +115,10 @@ class DecodedImage:
 def decode(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True) -> DecodedImage:
     """Decode to BGR, reduced in the DCT where that loses nothing the network sees.
 
-    With ``require_jpeg=False`` any format OpenCV reads is accepted (for the
-    command line), at full resolution.
+    With ``require_jpeg=False`` other formats OpenCV reads are accepted too (for
+    the command line), decoded at full resolution.
     """
-    if not require_jpeg:
+    if not require_jpeg and not data.startswith(b"\xff\xd8"):
         pixels = _imdecode(data, cv2.IMREAD_COLOR)
         height, width = pixels.shape[:2]
         _check_pixels(width, height, max_pixels)

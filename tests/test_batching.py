@@ -48,13 +48,32 @@ async def test_concurrent_items_share_a_forward_and_get_their_own_result() -> No
     await batcher.stop(grace_s=1)
 
 
-async def test_a_lone_item_waits_at_most_the_delay() -> None:
-    batcher = Batcher([Recorder()], max_batch_size=8, max_delay_s=0.02, queue_max=10)
+async def test_a_lone_item_runs_without_waiting_for_the_delay() -> None:
+    replica = Recorder()
+    batcher = Batcher([replica], max_batch_size=8, max_delay_s=10.0, queue_max=10)
     batcher.start()
+    assert await asyncio.wait_for(submit(batcher, 21), timeout=5.0) == 42
+    assert replica.batches == [[21]]
+    await batcher.stop(grace_s=1)
+
+
+async def test_an_admitted_item_still_on_its_way_is_waited_for_up_to_the_delay() -> None:
+    replica = Recorder()
+    batcher = Batcher([replica], max_batch_size=8, max_delay_s=0.5, queue_max=10)
+    batcher.start()
+    late = batcher.admit()  # e.g. still decoding its image
+    early = asyncio.ensure_future(submit(batcher, 1))
+    await asyncio.sleep(0.05)
+    assert await late.infer(2) == 4
+    late.release()
+    assert await early == 2
+    assert replica.batches == [[1, 2]]
+    # An admission that never arrives delays the batch by at most the delay.
+    absent = batcher.admit()
     started = time.monotonic()
-    assert await submit(batcher, 21) == 42
-    waited = time.monotonic() - started
-    assert 0.015 <= waited < 1.0
+    assert await submit(batcher, 3) == 6
+    assert 0.4 <= time.monotonic() - started < 5.0
+    absent.release()
     await batcher.stop(grace_s=1)
 
 

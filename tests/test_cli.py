@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from bench.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -47,60 +44,11 @@ def model_env(prefix: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-class ServerProcess:
-    """`predictor serve` in a child process; finds its port from the start-up log."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [*PREDICTOR, "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log: list[str] = []
-        self._port: int | None = None
-        self._started = threading.Event()
-        threading.Thread(target=self._read_log, daemon=True).start()
-        if not self._started.wait(STARTUP_TIMEOUT_S) or self._port is None:
-            self.process.kill()
-            raise AssertionError("server did not start:\n" + "".join(self.log))
-
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-            match = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                self._port = int(match.group(1))
-                self._started.set()
-        self._started.set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    def request(self, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "image/jpeg"} if body is not None else {}
-        request = urllib.request.Request(self.url + path, data=body, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=60)
-
-
 @pytest.fixture
 def server(small_model_prefix: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(model_env(small_model_prefix))
     yield process
-    if process.process.poll() is None:
-        process.process.kill()
-        process.process.wait()
+    process.kill()
 
 
 def test_serve_starts_answers_and_stops_cleanly_on_sigterm(server: ServerProcess) -> None:
@@ -195,3 +143,13 @@ def test_export_of_an_unknown_network_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "not a GluonCV model-zoo network" in result.stderr
+
+
+def test_healthcheck_command_follows_the_server(server: ServerProcess) -> None:
+    env = dict(os.environ, REST_PORT=str(server.port), REST_HOST="127.0.0.1")
+    assert run(["healthcheck"], env, timeout=30).returncode == 0
+    assert run(["healthcheck", "--path", "/ready"], env, timeout=30).returncode == 0
+    assert server.stop() == 0
+    result = run(["healthcheck"], env, timeout=30)
+    assert result.returncode == 1
+    assert "unhealthy" in result.stderr

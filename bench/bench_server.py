@@ -154,7 +154,7 @@ def render_section(report: dict[str, Any]) -> str:
     ]
     for batch in offline["serial"]:
         lines.append(
-            f"| {batch} | {offline['serial'][batch]:.1f} | {offline['pipelined'][batch]:.1f} |"
+            f"| {batch} | {offline['serial'][batch]:.1f} | {offline['overlapped'][batch]:.1f} |"
         )
     lines += [
         "",

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from predictor.config import ConfigError, Settings, parse_probability
 from predictor.data.cli import add_data_parser
+from predictor.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from predictor.model import Detector
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--edge", type=int, help="input edge (default: MODEL_EDGE)")
     predict.set_defaults(func=_cmd_predict)
 
+    _add_training_commands(commands)
+
     healthcheck = commands.add_parser(
         "healthcheck", help="exit 0 if the local server answers /health (for HEALTHCHECK)"
     )
@@ -101,6 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(commands)
     return parser
+
+
+def _add_training_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    defaults = TrainConfig()
+    train = commands.add_parser(
+        "train", help="train a GluonCV SSD *_custom network on a VOC, COCO or YOLO dataset"
+    )
+    train.add_argument("--data", required=True, type=Path, metavar="DIR", help="training set")
+    train.add_argument("--val", type=Path, metavar="DIR", help="validation set (mAP per epoch)")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder")
+    train.add_argument(
+        "--export", type=Path, metavar="PREFIX", help="final checkpoint (default: OUT/model)"
+    )
+    train.add_argument("--network", default=defaults.network, help="default: %(default)s")
+    train.add_argument("--edge", type=int, default=defaults.edge, help="default: %(default)s")
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
+    train.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s"
+    )
+    train.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help="peak learning rate"
+    )
+    train.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    train.add_argument("--workers", type=int, default=defaults.workers, help="augmentation threads")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its last epoch"
+    )
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="VOC mAP@0.5 per class and COCO mAP@[.5:.95] of a checkpoint"
+    )
+    evaluate.add_argument("--model", required=True, type=Path, metavar="PREFIX")
+    evaluate.add_argument("--data", required=True, type=Path, metavar="DIR")
+    evaluate.add_argument("--epoch", type=int, default=0)
+    evaluate.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
 
 def _probability_arg(raw: str) -> float:
@@ -217,6 +258,54 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(files)} files could not be read", file=sys.stderr)
     return EXIT_FAILURE if failures == len(files) else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from predictor.data import DatasetError
+    from predictor.training.train import TrainingError, train
+
+    _configure_logging("WARNING")
+    config = TrainConfig(
+        network=args.network,
+        edge=args.edge,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    try:
+        state = train(
+            args.data,
+            args.out,
+            config,
+            val_dir=args.val,
+            resume=args.resume,
+            export_prefix=args.export,
+        )
+    except (DatasetError, TrainingError) as exc:
+        raise UserError(str(exc)) from None
+    final = args.export or args.out / "model"
+    print(f"trained {state.epoch} epochs; exported {final}-symbol.json, {final}-0000.params")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from predictor.data import DatasetError
+    from predictor.model import CheckpointError
+    from predictor.training.evaluate import evaluate_checkpoint
+
+    _configure_logging("WARNING")
+    try:
+        report = evaluate_checkpoint(args.model, args.data, edge=args.edge, epoch=args.epoch)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(report.format_table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    return 0
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:

@@ -141,6 +141,7 @@ class Detector:
         self._staging = np.zeros((max_batch, 3, edge, edge), dtype=np.float32)
         self._inputs: dict[int, mx.nd.NDArray] = {}
         self._lock = threading.Lock()
+        self.batches_run = 0  # forward passes so far, warm-up included
 
     def _check_class_count(self) -> None:
         expected = network_class_count(self.checkpoint.symbol_path, self.edge)
@@ -174,6 +175,7 @@ class Detector:
                 scores_np = scores.asnumpy()
                 boxes_np = boxes.asnumpy()
                 del class_ids, scores, boxes
+                self.batches_run += 1
             except mx.base.MXNetError as exc:
                 raise InferenceError(_first_line(str(exc))) from exc
         return [

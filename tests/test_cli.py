@@ -11,9 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess
+from predictor.config import DeviceSpec
+from predictor.imaging import prepare
+from predictor.model import load_detectors
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -153,3 +157,18 @@ def test_healthcheck_command_follows_the_server(server: ServerProcess) -> None:
     result = run(["healthcheck"], env, timeout=30)
     assert result.returncode == 1
     assert "unhealthy" in result.stderr
+
+
+def test_export_random_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    prefix = tmp_path / "untrained" / "ssd"
+    args = ["export", "--zoo", "ssd_300_mobilenet0.25_custom", "--random-init", "--out"]
+    result = run([*args, str(prefix), "--classes", "a,b,c"], dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM weights" in result.stderr and "RANDOM weights" in result.stdout
+    assert (tmp_path / "untrained" / "synset.txt").read_text() == "a\nb\nc\n"
+    detector = load_detectors(prefix, 0, 300, DeviceSpec(), 2)[0]
+    outputs = detector.forward([prepare(encode_jpeg(scene(s)), 300, 10**8).tensor for s in (1, 2)])
+    # Calibrated random weights: finite outputs that depend on the input.
+    assert all(np.isfinite(o.scores).all() and np.isfinite(o.boxes).all() for o in outputs)
+    assert not np.allclose(outputs[0].scores, outputs[1].scores)
+    detector.close()

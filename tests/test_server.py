@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import mxnet as mx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from predictor.app import create_app
-from predictor.config import Settings
-from predictor.model import Detector
+from predictor.config import DeviceSpec, Settings
+from predictor.model import Detector, load_detectors
 
 from .conftest import encode_jpeg, scene, settings_with
 
@@ -263,6 +264,16 @@ def normalised(payload: Any) -> list[tuple[str, int, int, int, int, float]]:
     )
 
 
+def assert_same_answer(first: Any, second: Any) -> None:
+    """Same classes, boxes within a pixel, probabilities within 1e-4."""
+    a, b = normalised(first), normalised(second)
+    assert len(a) == len(b)
+    for da, db in zip(a, b, strict=True):
+        assert da[0] == db[0]
+        assert all(abs(p - q) <= 1 for p, q in zip(da[1:5], db[1:5], strict=True)), (da, db)
+        assert abs(da[5] - db[5]) <= 1e-4
+
+
 async def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     client: Client,
 ) -> None:
@@ -273,14 +284,65 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     assert len(distinct) == len(bodies), "every test image must give a different answer"
     for (status_a, single), (status_b, batched) in zip(alone, together, strict=True):
         assert status_a == status_b == 200
-        a, b = normalised(single), normalised(batched)
-        assert len(a) == len(b)
-        for da, db in zip(a, b, strict=True):
-            assert da[0] == db[0]
-            assert all(abs(p - q) <= 1 for p, q in zip(da[1:5], db[1:5], strict=True)), (da, db)
-            assert abs(da[5] - db[5]) <= 1e-4
+        assert_same_answer(single, batched)
     async with client.get("/metrics") as response:
         text = await response.text()
-    # Single requests made batches of 1; the concurrent burst must have made larger ones.
-    count = float(re.search(r"predictor_batch_size_count (\S+)", text).group(1))  # type: ignore[union-attr]
-    assert count < 32 + 32, f"{count} forward passes for 64 images: no batching happened"
+    passes = metric_value(text, "predictor_batch_size_count")
+    single_image_passes = metric_value(text, 'predictor_batch_size_bucket{le="1.0"}')
+    assert passes - single_image_passes >= 1, "the concurrent burst formed no batch of 2+"
+    assert metric_value(text, "predictor_batch_size_sum") == 64  # every image ran exactly once
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_chunked_upload_over_the_limit_is_413(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(aiohttp_client, small_settings, detectors, max_body_bytes=8192)
+    body = encode_jpeg(scene(13), quality=98)
+    assert len(body) > 8192
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+
+    async with client.post("/predict", data=chunks(), headers=JPEG) as response:
+        assert response.status == 413
+        assert "8192" in (await response.json())["error"]
+    small = encode_jpeg(scene(13, 64, 48), quality=50)
+
+    async def small_chunks() -> AsyncIterator[bytes]:
+        yield small[:100]
+        yield small[100:]
+
+    async with client.post("/predict", data=small_chunks(), headers=JPEG) as response:
+        assert response.status == 200
+
+
+async def test_batches_spread_over_replicas_on_cpu_contexts_standing_in_for_gpus(
+    aiohttp_client: ClientFactory, small_settings: Settings
+) -> None:
+    devices = DeviceSpec(cpu_replicas=2)
+    replicas = load_detectors(small_settings.model_prefix, 0, small_settings.model_edge, devices, 2)
+    assert [d.context for d in replicas] == [mx.cpu(0), mx.cpu(1)]
+    before = [d.batches_run for d in replicas]
+    client = await client_with(
+        aiohttp_client, small_settings, replicas, devices=devices, batch_max_size=2
+    )
+    bodies = [encode_jpeg(scene(200 + i)) for i in range(24)]
+    results = await asyncio.gather(*(post_jpeg(client, body) for body in bodies))
+    assert all(status == 200 for status, _ in results)
+    used = [d.batches_run - b for d, b in zip(replicas, before, strict=True)]
+    assert all(n > 0 for n in used), f"forward passes per replica: {used}"
+    # The same images give the same answers whichever replica ran them.
+    again = [await post_jpeg(client, body) for body in bodies[:4]]
+    for (_, repeated), (_, first) in zip(again, results[:4], strict=True):
+        assert_same_answer(repeated, first)
+    for replica in replicas:
+        replica.close()

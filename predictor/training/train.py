@@ -131,6 +131,8 @@ def train(
         out_size=(config.edge, config.edge),
         max_expand_ratio=config.max_expand_ratio,
         expand_probability=config.expand_probability,
+        crop_probability=config.crop_probability,
+        jitter=config.colour_jitter,
     )
 
     with ThreadPoolExecutor(config.workers, thread_name_prefix="augment") as pool:

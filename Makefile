@@ -60,7 +60,7 @@ model: setup
 	$(BIN)/predictor data synth --out $(DATASETS)/val --images 500 --seed 2 --format voc
 	$(BIN)/predictor data synth --out $(DATASETS)/test --images 500 --seed 3 --format voc
 	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out build/runs/shipped \
-		--network ssd_300_mobilenet0.25_custom --epochs 12 --batch-size 16 --lr 0.001 --seed 0 \
+		--network ssd_300_mobilenet0.25_custom --epochs 10 --batch-size 16 --lr 0.001 --seed 0 \
 		--export $(SHIPPED_MODEL)
 	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --data $(DATASETS)/test --edge 300 \
 		--json models/ssd300_digits_shapes-evaluation.json

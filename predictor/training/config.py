@@ -11,7 +11,7 @@ class TrainConfig:
 
     network: str = "ssd_300_mobilenet0.25_custom"
     edge: int = 300
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from predictor.data import Dataset, ImageRecord, TrainAugment, load_dataset
 from predictor.imaging import to_tensor
 from predictor.training.config import TrainConfig
+from predictor.training.networks import AnchorError, build_ssd, check_anchor_coverage
 
 if TYPE_CHECKING:
     from predictor.training.detection_metrics import EvaluationReport
@@ -200,13 +201,9 @@ def export_checkpoint(
     Builds a separate inference network from the saved weights: re-hybridising
     the training network in predict mode would replace its training graph.
     """
-    from gluoncv import model_zoo
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = model_zoo.get_model(
-            config.network, classes=list(classes), pretrained_base=False, transfer=None
-        )
+        net = build_ssd(config.network, classes, config.edge)
         net.load_parameters(str(params_path))
         net.hybridize()
         net(mx.nd.zeros((1, 3, config.edge, config.edge)))
@@ -240,16 +237,10 @@ def _epoch_line(record: dict[str, Any]) -> str:
 
 
 def _build_network(config: TrainConfig, classes: Sequence[str]) -> mx.gluon.HybridBlock:
-    from gluoncv import model_zoo
-
     if not config.network.endswith("_custom"):
         raise TrainingError(f"{config.network}: train a '*_custom' GluonCV SSD network")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = model_zoo.get_model(
-                config.network, classes=list(classes), pretrained_base=False, transfer=None
-            )
+        net = build_ssd(config.network, classes, config.edge)
     except (ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"cannot build {config.network}: {exc}") from None
     net.initialize()
@@ -265,6 +256,10 @@ def _build_network(config: TrainConfig, classes: Sequence[str]) -> mx.gluon.Hybr
             fan_in = int(np.prod(value.shape[1:]))
             he = rng.normal(0.0, math.sqrt(2.0 / fan_in), value.shape).astype(np.float32)
             parameter.set_data(mx.nd.array(he))
+    try:
+        check_anchor_coverage(net, config.edge)
+    except AnchorError as exc:
+        raise TrainingError(f"{config.network} at {config.edge} px: {exc}") from None
     net.hybridize(static_alloc=True, static_shape=True)
     return net
 

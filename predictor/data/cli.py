@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from predictor.data.dataset import Dataset
 from predictor.data.errors import DatasetError
 from predictor.data.formats import FORMATS, check_format, load_dataset, save_dataset
 from predictor.data.synth import SceneConfig, synthesize
@@ -82,11 +83,7 @@ def run_synth(args: argparse.Namespace) -> int:
         )
     except (DatasetError, OSError) as exc:
         return _fail(str(exc))
-    print(
-        f"wrote {len(dataset.images)} images with {dataset.object_count} objects "
-        f"({args.format}) to {args.out}"
-    )
-    return 0
+    return _report(dataset, args.format, args.out)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -97,10 +94,12 @@ def run_convert(args: argparse.Namespace) -> int:
         save_dataset(dataset, args.out, check_format(args.format), copy_images=args.copy)
     except (DatasetError, OSError) as exc:
         return _fail(str(exc))
-    print(
-        f"wrote {len(dataset.images)} images with {dataset.object_count} objects "
-        f"({args.format}) to {args.out}"
-    )
+    return _report(dataset, args.format, args.out)
+
+
+def _report(dataset: Dataset, fmt: str, out: Path) -> int:
+    images, objects = len(dataset.images), dataset.object_count
+    print(f"wrote {images} images with {objects} objects ({fmt}) to {out}")
     return 0
 
 

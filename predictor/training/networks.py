@@ -66,9 +66,10 @@ def build_ssd(network: str, classes: Sequence[str], edge: int) -> mx.gluon.Hybri
 
 def feature_map_sizes(net: mx.gluon.HybridBlock, edge: int) -> list[int]:
     """Width in cells of each feature map the SSD heads predict from."""
-    net.initialize(force_reinit=False)
     with warnings.catch_warnings():
+        # Parameters already initialised are left as they are (MXNet warns about each).
         warnings.simplefilter("ignore")
+        net.initialize(force_reinit=False)
         features = net.features(mx.nd.zeros((1, 3, edge, edge)))
     return [int(f.shape[3]) for f in features]
 

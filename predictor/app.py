@@ -115,10 +115,8 @@ async def predict(request: web.Request) -> web.Response:
     batcher = app[BATCHER_KEY]
     try:
         admission = batcher.admit()
-    except Overloaded as exc:
-        return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
-    except ShuttingDown as exc:
-        return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    except (Overloaded, ShuttingDown) as exc:
+        return _unavailable(exc)
     with admission:
         loop = asyncio.get_running_loop()
         try:
@@ -134,13 +132,18 @@ async def predict(request: web.Request) -> web.Response:
         except BatchFailed as exc:
             return json_error(500, f"inference failed: {exc}")
         except ShuttingDown as exc:
-            return json_error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+            return _unavailable(exc)
     detector = app[DETECTORS_KEY][0]
     detections = to_detections(
         raw, image.width, image.height, settings.model_edge, detector.classes, threshold
     )
     body_json = {"prediction": [d.to_json() for d in detections]}
     return web.json_response(body_json, dumps=_strict_dumps)
+
+
+def _unavailable(reason: Exception) -> web.Response:
+    """503 with Retry-After: the client may come back shortly."""
+    return json_error(503, str(reason), headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def health(request: web.Request) -> web.Response:

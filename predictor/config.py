@@ -60,11 +60,6 @@ class DeviceSpec:
     gpus: tuple[int, ...] = ()
     cpu_replicas: int = 1
 
-    @property
-    def uses_gpu(self) -> bool:
-        """True when the model runs on one or more GPUs."""
-        return bool(self.gpus)
-
     def describe(self) -> str:
         """Human-readable summary for logs and the CLI."""
         if self.gpus:

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import numpy as np
@@ -114,9 +113,3 @@ def write_drawing(result: FileResult, source_root: Path | None, out_dir: Path) -
     target.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(target), draw_detections(image, result.detections))
     return target
-
-
-def emit(results: Iterable[FileResult], stream: TextIO) -> None:
-    """Write results as JSON lines."""
-    for result in results:
-        stream.write(result.to_json_line() + "\n")

@@ -22,7 +22,7 @@ def test_defaults_match_the_original_service() -> None:
     assert settings.entry_point == "/predict"
     assert settings.probability_threshold == 0.5
     assert settings.model_epoch == 0
-    assert not settings.devices.uses_gpu
+    assert settings.devices.gpus == ()
     # With MODEL_PREFIX unset, the shipped model and its input edge.
     assert settings.model_prefix == Path(SHIPPED_MODEL_PREFIX)
     assert settings.model_edge == SHIPPED_MODEL_EDGE

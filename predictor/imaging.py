@@ -36,8 +36,8 @@ _REDUCED_READ_FLAGS = {
 }
 
 # Start-of-frame markers that carry the image size (baseline, progressive,
-# lossless, arithmetic-coded); C4, C8 and CC are other tables.
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE})
+# lossless, arithmetic-coded): C0-CF except C4 (DHT), C8 (JPG) and CC (DAC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers with no length field.
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
 

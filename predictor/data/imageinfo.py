@@ -9,16 +9,15 @@ from typing import BinaryIO
 import cv2
 
 from predictor.data.errors import DatasetError
+from predictor.imaging import ImageError, jpeg_size
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 )
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# Markers without a length field.
-_JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}
+# A JPEG frame header follows the APPn segments (EXIF is at most 64 KiB).
+_JPEG_HEADER_BYTES = 1 << 18
 
 
 def is_image_file(path: Path) -> bool:
@@ -38,8 +37,7 @@ def read_image_size(path: Path) -> tuple[int, int]:
             if head == _PNG_SIGNATURE:
                 size = _png_size(stream)
             elif head[:2] == b"\xff\xd8":
-                stream.seek(2)
-                size = _jpeg_size(stream)
+                size = _jpeg_size(head + stream.read(_JPEG_HEADER_BYTES))
             else:
                 size = None
     except FileNotFoundError:
@@ -64,34 +62,8 @@ def _png_size(stream: BinaryIO) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _jpeg_size(stream: BinaryIO) -> tuple[int, int] | None:
-    while True:
-        byte = stream.read(1)
-        if not byte:
-            return None
-        if byte != b"\xff":
-            continue
-        marker = stream.read(1)
-        # Any number of 0xFF fill bytes may precede a marker.
-        while marker == b"\xff":
-            marker = stream.read(1)
-        if not marker:
-            return None
-        code = marker[0]
-        if code in _JPEG_STANDALONE or code == 0x00:
-            continue
-        length_bytes = stream.read(2)
-        if len(length_bytes) < 2:
-            return None
-        (length,) = struct.unpack(">H", length_bytes)
-        if code in _JPEG_SOF_MARKERS:
-            frame = stream.read(5)
-            if len(frame) < 5:
-                return None
-            height, width = struct.unpack(">HH", frame[1:5])
-            # Height 0 means "defined later by a DNL marker": let OpenCV decode instead.
-            return (int(width), int(height)) if height else None
-        if code == 0xDA:
-            # Entropy-coded data follows; a baseline file has its frame header before this.
-            return None
-        stream.seek(length - 2, 1)
+def _jpeg_size(start: bytes) -> tuple[int, int] | None:
+    try:
+        return jpeg_size(start)
+    except ImageError:
+        return None  # an unusual or very long header: OpenCV decodes the file instead

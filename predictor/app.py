@@ -1,8 +1,11 @@
 """The HTTP application: routes, the /predict contract, JSON errors, metrics.
 
-Every answer is JSON except /metrics. Anything that is not a good request gets
-a 4xx with ``{"error": "..."}``; an unexpected fault gets a 500 with the same
-shape and is logged, and the server keeps serving.
+Every answer is JSON except /metrics and the detection endpoint's drawn
+picture (``?render=true`` or ``Accept: image/jpeg``).
+Anything that is not a good request gets a 4xx with ``{"error": "..."}``; an
+unexpected fault gets a 500 with the same shape and is logged, and the server
+keeps serving. The detection endpoint reports where its time went in a
+``Server-Timing`` header.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +25,8 @@ from predictor.batching import Batcher, BatchFailed, Overloaded, ShuttingDown
 from predictor.config import Settings, parse_probability
 from predictor.imaging import ImageError, ImageTooLarge, PreparedImage, prepare
 from predictor.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
-from predictor.model import Detector, RawDetections, to_detections
+from predictor.model import Detection, Detector, RawDetections, to_detections
+from predictor.render import render_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +99,36 @@ async def _stop_pool(app: web.Application) -> None:
     app[POOL_KEY].shutdown(wait=False, cancel_futures=True)
 
 
+class ServerTiming:
+    """Durations of the steps of one request, for the ``Server-Timing`` header."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._last = self.started
+        self._steps: list[tuple[str, float]] = []
+
+    def step(self, name: str) -> None:
+        """Record that step ``name`` ended now (it began where the last one ended)."""
+        now = time.perf_counter()
+        self._steps.append((name, now - self._last))
+        self._last = now
+
+    def header(self) -> str:
+        """E.g. ``read;dur=0.2, decode;dur=3.1, infer;dur=41.0, total;dur=44.5`` (ms)."""
+        total = time.perf_counter() - self.started
+        steps = [*self._steps, ("total", total)]
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps)
+
+
 async def predict(request: web.Request) -> web.Response:
-    """POST an ``image/jpeg`` body; answer the objects found in it."""
+    """POST an ``image/jpeg`` body; answer the objects found in it (JSON or a drawn JPEG)."""
+    timing = ServerTiming()
+    response = await _predict(request, timing)
+    response.headers["Server-Timing"] = timing.header()
+    return response
+
+
+async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
     app = request.app
     settings = app[SETTINGS_KEY]
     if request.content_type.lower() != "image/jpeg":
@@ -106,19 +139,24 @@ async def predict(request: web.Request) -> web.Response:
             threshold = parse_probability(request.query["threshold"])
         except ValueError as exc:
             return json_error(400, f"threshold: {exc}")
+    try:
+        as_image = wants_image(request.query.get("render"), request.headers.get("Accept"))
+    except ValueError as exc:
+        return json_error(400, f"render: {exc}")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return json_error(413, f"the body is larger than {settings.max_body_bytes} bytes")
     body = await request.read()
     if not body:
         return json_error(400, "the body is empty; send the JPEG bytes")
+    timing.step("read")
 
     batcher = app[BATCHER_KEY]
     try:
         admission = batcher.admit()
     except (Overloaded, ShuttingDown) as exc:
         return _unavailable(exc)
+    loop = asyncio.get_running_loop()
     with admission:
-        loop = asyncio.get_running_loop()
         try:
             image = await loop.run_in_executor(
                 app[POOL_KEY], prepare, body, settings.model_edge, settings.max_image_pixels
@@ -127,18 +165,87 @@ async def predict(request: web.Request) -> web.Response:
             return json_error(413, str(exc))
         except ImageError as exc:
             return json_error(400, str(exc))
+        timing.step("decode")
         try:
             raw = await admission.infer(image)
         except BatchFailed as exc:
             return json_error(500, f"inference failed: {exc}")
         except ShuttingDown as exc:
             return _unavailable(exc)
+        timing.step("infer")
     detector = app[DETECTORS_KEY][0]
     detections = to_detections(
         raw, image.width, image.height, settings.model_edge, detector.classes, threshold
     )
+    if as_image:
+        return await _drawn(request, body, detections, timing)
     body_json = {"prediction": [d.to_json() for d in detections]}
     return web.json_response(body_json, dumps=_strict_dumps)
+
+
+async def _drawn(
+    request: web.Request, body: bytes, detections: list[Detection], timing: ServerTiming
+) -> web.Response:
+    """The image with its detections drawn, as ``image/jpeg``."""
+    app = request.app
+    # Full-resolution decoding, drawing and encoding take tens of milliseconds
+    # for a photo: on the preprocessing pool, never on the event loop.
+    try:
+        jpeg = await asyncio.get_running_loop().run_in_executor(
+            app[POOL_KEY], render_jpeg, body, detections, app[SETTINGS_KEY].max_image_pixels
+        )
+    except ImageTooLarge as exc:
+        return json_error(413, str(exc))
+    except ImageError as exc:
+        return json_error(400, str(exc))
+    timing.step("render")
+    return web.Response(body=jpeg, content_type="image/jpeg")
+
+
+def wants_image(render: str | None, accept: str | None) -> bool:
+    """Whether to answer a drawn JPEG instead of JSON.
+
+    ``?render=true`` / ``false`` (also ``1`` / ``0``) decides when present;
+    otherwise the ``Accept`` header does: JPEG only when the client prefers
+    ``image/jpeg`` strictly over ``application/json`` (JSON wins ties, so
+    ``*/*`` and a missing header keep the original contract). Raises
+    ``ValueError`` for any other ``render`` value.
+    """
+    if render is not None:
+        value = render.strip().lower()
+        if value in ("true", "1"):
+            return True
+        if value in ("false", "0"):
+            return False
+        raise ValueError("expected true or false")
+    if not accept:
+        return False
+    return _accept_quality(accept, "image/jpeg") > _accept_quality(accept, "application/json")
+
+
+def _accept_quality(accept: str, media_type: str) -> float:
+    """The q-value the ``Accept`` header gives ``media_type``: its most specific match wins."""
+    main_type = media_type.split("/", 1)[0]
+    candidates = {media_type: 2, f"{main_type}/*": 1, "*/*": 0}
+    best_specificity, best_q = -1, 0.0
+    for item in accept.split(","):
+        name, *params = (field.strip() for field in item.split(";"))
+        specificity = candidates.get(name.lower())
+        if specificity is None or specificity <= best_specificity:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a malformed weight does not make a type preferred
+                if not math.isfinite(q):
+                    q = 0.0
+                q = min(max(q, 0.0), 1.0)
+        best_specificity, best_q = specificity, q
+    return best_q
 
 
 def _unavailable(reason: Exception) -> web.Response:

@@ -133,6 +133,17 @@ def decode(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True
     return DecodedImage(pixels, width, height)
 
 
+def decode_full(data: bytes, max_pixels: int) -> ImageBGR:
+    """Decode a JPEG at full resolution, EXIF orientation applied, to draw on.
+
+    The same header checks as `decode`: `ImageError` for bytes that are not a
+    JPEG, `ImageTooLarge` over ``max_pixels``, before any pixel is allocated.
+    """
+    width, height = jpeg_size(data)
+    _check_pixels(width, height, max_pixels)
+    return _imdecode(data, cv2.IMREAD_COLOR)
+
+
 def reduction_factor(width: int, height: int, edge: int) -> int:
     """Largest DCT scale-down (1, 2, 4 or 8) that keeps both sides >= ``edge``."""
     for factor in (8, 4, 2):

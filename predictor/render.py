@@ -1,4 +1,8 @@
-"""Drawing detections onto images, for people to look at."""
+"""Drawing detections onto images, for people to look at.
+
+`draw_detections` serves the command line (``predictor predict --out``) and
+`render_jpeg` the HTTP endpoint's ``?render=true`` / ``Accept: image/jpeg``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from predictor.imaging import ImageError, decode_full
 from predictor.model import Detection
 
 ImageBGR = npt.NDArray[np.uint8]
+
+RENDER_JPEG_QUALITY = 90
 
 # Distinct, saturated colours (BGR), chosen by class name so a class keeps its colour.
 _PALETTE = (
@@ -60,3 +67,26 @@ def draw_detections(image: ImageBGR, detections: Sequence[Detection]) -> ImageBG
             cv2.LINE_AA,
         )
     return canvas
+
+
+def encode_jpeg(image: ImageBGR, quality: int = RENDER_JPEG_QUALITY) -> bytes:
+    """JPEG bytes of a BGR image."""
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("the image could not be encoded as JPEG")
+    return bytes(buffer.tobytes())
+
+
+def render_jpeg(
+    data: bytes,
+    detections: Sequence[Detection],
+    max_pixels: int,
+    quality: int = RENDER_JPEG_QUALITY,
+) -> bytes:
+    """The JPEG ``data`` at full resolution with ``detections`` drawn on it, as JPEG bytes.
+
+    Decoding applies the EXIF orientation, as detection does, so the boxes (in
+    displayed-image pixels) land on the objects. CPU-bound: call it off the
+    event loop.
+    """
+    return encode_jpeg(draw_detections(decode_full(data, max_pixels), detections), quality)

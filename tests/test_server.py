@@ -8,16 +8,20 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import cv2
 import mxnet as mx
+import numpy as np
+import numpy.typing as npt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from predictor.app import create_app
+from predictor.app import create_app, wants_image
 from predictor.config import DeviceSpec, Settings
 from predictor.model import Detector, load_detectors
 
 from .conftest import encode_jpeg, scene, settings_with
+from .test_imaging import with_exif_orientation
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 Client = TestClient[Any, Any]
@@ -346,3 +350,165 @@ async def test_batches_spread_over_replicas_on_cpu_contexts_standing_in_for_gpus
         assert_same_answer(repeated, first)
     for replica in replicas:
         replica.close()
+
+
+# ------------------------------------------------------------------ drawn answers
+
+
+def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "not a decodable image"
+    return np.asarray(image, dtype=np.uint8)
+
+
+async def post_for_image(
+    client: Client, body: bytes, query: str = "", headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes]:
+    async with client.post(
+        "/predict" + query, data=body, headers={**JPEG, **(headers or {})}
+    ) as response:
+        return response.status, response.content_type, await response.read()
+
+
+async def test_render_true_answers_the_image_with_the_boxes_drawn(client: Client) -> None:
+    original = scene(14, 800, 600)
+    body = encode_jpeg(original, quality=95)
+    _, payload = await post_jpeg(client, body, "?threshold=0.9")
+    detections = payload["prediction"]
+    assert detections, "the stand-in network finds objects above 0.9"
+    async with client.post("/predict?threshold=0.9&render=true", data=body, headers=JPEG) as r:
+        assert r.status == 200
+        assert r.content_type == "image/jpeg"
+        assert "render;dur=" in r.headers["Server-Timing"]
+        drawn = decode_image(await r.read())
+    assert drawn.shape == original.shape  # full resolution, not the network's 300 x 300
+    difference = np.abs(drawn.astype(np.int16) - original.astype(np.int16)).max(axis=2)
+    for d in detections:
+        # The box's outline is drawn in its colour, along its edges.
+        left_edge = difference[d["y"] + 2 : d["y"] + d["height"] - 2, d["x"]]
+        assert np.median(left_edge) > 40, d
+    # Away from every box and label the picture is the photo, re-encoded.
+    untouched = np.ones(difference.shape, bool)
+    for d in detections:
+        untouched[max(0, d["y"] - 30) : d["y"] + d["height"] + 3, d["x"] : d["x"] + 200] = False
+        untouched[
+            d["y"] : d["y"] + d["height"] + 3, max(0, d["x"] - 3) : d["x"] + d["width"] + 3
+        ] = False
+    assert untouched.mean() > 0.2
+    assert np.median(difference[untouched]) <= 6
+
+
+async def test_accept_image_jpeg_answers_the_drawn_image(client: Client) -> None:
+    body = encode_jpeg(scene(15, 640, 480))
+    status, content_type, data = await post_for_image(
+        client, body, headers={"Accept": "image/jpeg"}
+    )
+    assert (status, content_type) == (200, "image/jpeg")
+    assert decode_image(data).shape == (480, 640, 3)
+    # ?render decides over Accept.
+    status, content_type, _ = await post_for_image(
+        client, body, "?render=false", headers={"Accept": "image/jpeg"}
+    )
+    assert (status, content_type) == (200, "application/json")
+    status, content_type, _ = await post_for_image(
+        client, body, "?render=1", headers={"Accept": "application/json"}
+    )
+    assert (status, content_type) == (200, "image/jpeg")
+
+
+@pytest.mark.parametrize(
+    ("render", "accept", "image"),
+    [
+        (None, None, False),
+        (None, "*/*", False),
+        (None, "application/json", False),
+        (None, "image/jpeg", True),
+        (None, "IMAGE/JPEG; q=1", True),
+        (None, "image/*", True),
+        (None, "image/jpeg, application/json", False),  # a tie keeps the contract's JSON
+        (None, "image/jpeg, */*;q=0.8", True),
+        (None, "application/json;q=0.5, image/jpeg", True),
+        (None, "image/jpeg;q=0.5, application/json", False),
+        (None, "image/jpeg;q=0", False),
+        (None, "image/jpeg;q=abc", False),
+        (None, "image/png", False),
+        (None, "text/html,application/xhtml+xml,*/*;q=0.8", False),
+        ("true", "application/json", True),
+        ("TRUE", None, True),
+        ("1", None, True),
+        ("false", "image/jpeg", False),
+        ("0", "image/jpeg", False),
+    ],
+)
+def test_wants_image(render: str | None, accept: str | None, image: bool) -> None:
+    assert wants_image(render, accept) is image
+
+
+@pytest.mark.parametrize("value", ["yes", "", "2", "jpeg"])
+async def test_bad_render_value_is_400(client: Client, value: str) -> None:
+    status, payload = await post_jpeg(client, encode_jpeg(scene(16)), f"?render={value}")
+    assert status == 400
+    assert payload["error"] == "render: expected true or false"
+
+
+async def test_render_keeps_the_json_errors(client: Client) -> None:
+    body = encode_jpeg(scene(17))
+    wants = {"Accept": "image/jpeg"}
+    cases = [
+        ("?render=true", body, {"Content-Type": "image/png", **wants}, "Invalid content"),
+        ("?render=true", b"not a jpeg", {**JPEG, **wants}, "not a JPEG"),
+        ("?render=true&threshold=2", body, {**JPEG, **wants}, "threshold"),
+        ("", b"", {**JPEG, **wants}, "empty"),
+    ]
+    for query, data, headers, fragment in cases:
+        async with client.post("/predict" + query, data=data, headers=headers) as response:
+            assert (response.status, response.content_type) == (400, "application/json")
+            assert fragment in (await response.json())["error"], query
+
+
+async def test_render_keeps_the_limits(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(
+        aiohttp_client, small_settings, detectors, max_body_bytes=65536, max_image_pixels=250_000
+    )
+    heavy = encode_jpeg(scene(18, 640, 480), quality=100)
+    assert len(heavy) > 65536
+    tall = encode_jpeg(scene(18, 200, 1500), quality=50)
+    for body in (heavy, tall):
+        async with client.post("/predict?render=true", data=body, headers=JPEG) as r:
+            assert (r.status, r.content_type) == (413, "application/json")
+            assert (await r.json())["error"]
+
+
+async def test_render_applies_the_threshold(client: Client) -> None:
+    original = scene(19, 640, 480)
+    body = encode_jpeg(original, quality=95)
+    status, _, data = await post_for_image(client, body, "?render=true&threshold=1")
+    assert status == 200
+    difference = np.abs(decode_image(data).astype(np.int16) - original.astype(np.int16))
+    assert difference.mean() < 4, "nothing is above 1: nothing is drawn"
+
+
+async def test_render_draws_on_the_image_as_displayed(client: Client) -> None:
+    # Stored 640 x 480; EXIF orientation 6 displays it 480 wide and 640 high.
+    body = with_exif_orientation(encode_jpeg(scene(20, 640, 480)), 6)
+    _, payload = await post_jpeg(client, body, "?threshold=0.9")
+    status, _, data = await post_for_image(client, body, "?render=true&threshold=0.9")
+    assert status == 200
+    assert decode_image(data).shape == (640, 480, 3)
+    assert all(d["x"] + d["width"] <= 480 for d in payload["prediction"])
+
+
+async def test_server_timing_reports_the_steps(client: Client) -> None:
+    async with client.post("/predict", data=encode_jpeg(scene(21)), headers=JPEG) as response:
+        assert response.status == 200
+        header = response.headers["Server-Timing"]
+    steps = dict(re.findall(r"(\w+);dur=([\d.]+)", header))
+    assert list(steps) == ["read", "decode", "infer", "total"]
+    durations = {name: float(value) for name, value in steps.items()}
+    assert durations["infer"] > 0
+    assert durations["total"] >= durations["read"] + durations["decode"] + durations["infer"] - 0.3
+    async with client.post("/predict", data=b"junk", headers=JPEG) as response:
+        assert response.status == 400
+        assert "total;dur=" in response.headers["Server-Timing"]

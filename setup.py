@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["predictor", "predictor.*"]),
-    package_data={"predictor": ["py.typed"]},
+    # The web page's files (served at / and /static/) ship inside the package.
+    package_data={"predictor": ["py.typed", "static/*.html", "static/*.js", "static/*.css"]},
     # Serving needs only these plus an MXNet build (extra `cpu` or `gpu`).
     install_requires=[
         "numpy<1.24",

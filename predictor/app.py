@@ -1,7 +1,7 @@
 """The HTTP application: routes, the /predict contract, JSON errors, metrics.
 
-Every answer is JSON except /metrics and the detection endpoint's drawn
-picture (``?render=true`` or ``Accept: image/jpeg``).
+Every answer is JSON except /metrics, the web page (`predictor.page`) and the
+detection endpoint's drawn picture (``?render=true`` or ``Accept: image/jpeg``).
 Anything that is not a good request gets a 4xx with ``{"error": "..."}``; an
 unexpected fault gets a 500 with the same shape and is logged, and the server
 keeps serving. The detection endpoint reports where its time went in a
@@ -26,6 +26,7 @@ from predictor.config import Settings, parse_probability
 from predictor.imaging import ImageError, ImageTooLarge, PreparedImage, prepare
 from predictor.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from predictor.model import Detection, Detector, RawDetections, to_detections
+from predictor.page import add_page_routes
 from predictor.render import render_jpeg
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
+    add_page_routes(app, settings, detectors[0].classes if detectors else [])
     return app
 
 
@@ -305,7 +307,8 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     metrics.requests.labels(route=name, status=str(response.status)).inc()
-    if name == request.app[SETTINGS_KEY].entry_point:
+    if name == request.app[SETTINGS_KEY].entry_point and request.method == "POST":
+        # The entry point may be "/", where GET serves the page: time detections only.
         metrics.request_latency.observe(time.perf_counter() - started)
     return response
 

@@ -9,7 +9,8 @@ Variable             Default                  Meaning
 -------------------  -----------------------  ------------------------------------------
 REST_HOST            0.0.0.0                  bind address
 REST_PORT            8080                     TCP port (0: any free port)
-REST_ENTRY_POINT     /predict                 path of the detection endpoint
+REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
+                                              /ready, /metrics, /info or under /static)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
 MODEL_PREFIX         models/ssd300_digits_shapes
                                               checkpoint prefix: PREFIX-symbol.json,
@@ -45,6 +46,11 @@ from typing import TypeVar
 SHIPPED_MODEL_PREFIX = "models/ssd300_digits_shapes"
 SHIPPED_MODEL_EDGE = 300
 DEFAULT_MODEL_EDGE = 512
+
+# Paths the service answers itself (GET), which the detection endpoint may not take.
+# "/" is allowed: the page answers GET there, the endpoint POST.
+RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
+STATIC_PREFIX = "/static"
 
 T = TypeVar("T")
 
@@ -220,8 +226,8 @@ def _parse_host(raw: str) -> str:
 def _parse_path(raw: str) -> str:
     if not raw.startswith("/") or any(ch.isspace() or ch in "?#" for ch in raw):
         raise ValueError("expected a URL path starting with '/', without spaces, '?' or '#'")
-    if raw in ("/health", "/ready", "/metrics"):
-        raise ValueError(f"{raw} is reserved for the service's own endpoints")
+    if raw in RESERVED_PATHS or raw == STATIC_PREFIX or raw.startswith(STATIC_PREFIX + "/"):
+        raise ValueError(f"{raw} is reserved for the service's own endpoints and web page")
     return raw
 
 

@@ -86,6 +86,9 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("REST_PORT", "-1"),
         ("REST_ENTRY_POINT", "predict"),
         ("REST_ENTRY_POINT", "/health"),
+        ("REST_ENTRY_POINT", "/info"),
+        ("REST_ENTRY_POINT", "/static"),
+        ("REST_ENTRY_POINT", "/static/app.js"),
         ("PROBABILITY_MORE", "1.5"),
         ("PROBABILITY_MORE", "nan"),
         ("MODEL_EPOCH", "1.0"),
@@ -104,6 +107,11 @@ def test_malformed_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as error:
         Settings.from_env({name: value})
     assert str(error.value).startswith(f"{name}={value!r}: ")
+
+
+@pytest.mark.parametrize("path", ["/", "/detect", "/api/v1/predict", "/statistics"])
+def test_entry_point_may_be_any_other_path(path: str) -> None:
+    assert Settings.from_env({"REST_ENTRY_POINT": path}).entry_point == path
 
 
 def test_blank_values_mean_default() -> None:

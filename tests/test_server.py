@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient
 from predictor.app import create_app, wants_image
 from predictor.config import DeviceSpec, Settings
 from predictor.model import Detector, load_detectors
+from predictor.page import render_index
 
-from .conftest import encode_jpeg, scene, settings_with
+from .conftest import SMALL_CLASSES, encode_jpeg, scene, settings_with
 from .test_imaging import with_exif_orientation
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -512,3 +513,72 @@ async def test_server_timing_reports_the_steps(client: Client) -> None:
     async with client.post("/predict", data=b"junk", headers=JPEG) as response:
         assert response.status == 400
         assert "total;dur=" in response.headers["Server-Timing"]
+
+
+# ------------------------------------------------------------------ the web page's routes
+
+
+async def test_page_is_served_with_the_settings_in_it(client: Client) -> None:
+    async with client.get("/") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        html = await response.text()
+    match = re.search(r'<script type="application/json" id="predictor-config">(.*?)</script>', html)
+    assert match, html
+    config = json.loads(match.group(1))
+    assert config["entryPoint"] == "/predict"
+    assert config["modelEdge"] == 300
+    assert config["defaultThreshold"] == 0.5
+    assert 'src="static/app.js"' in html and 'href="static/style.css"' in html
+    for path, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        async with client.get(path) as response:
+            assert response.status == 200, path
+            assert kind in response.content_type
+            assert response.headers["Cache-Control"] == "no-cache"
+    for path in ("/static/", "/static/missing.js", "/static/../app.py", "/static/%2e%2e/app.py"):
+        async with client.get(path) as response:
+            assert response.status in (403, 404), path
+            assert "error" in await response.json()
+
+
+async def test_info_tells_clients_the_settings(client: Client) -> None:
+    async with client.get("/info") as response:
+        assert response.status == 200
+        info = await response.json()
+    assert info == {
+        "entryPoint": "/predict",
+        "modelEdge": 300,
+        "defaultThreshold": 0.5,
+        "classes": list(SMALL_CLASSES),
+        "maxBodyBytes": 20 * 1024 * 1024,
+        "maxImagePixels": 50_000_000,
+    }
+
+
+async def test_page_follows_a_custom_entry_point_even_at_the_root(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(aiohttp_client, small_settings, detectors, entry_point="/")
+    async with client.get("/") as response:
+        assert response.status == 200
+        assert '"entryPoint": "/"' in await response.text()
+    status, payload = await post_root(client, encode_jpeg(scene(22)))
+    assert status == 200 and "prediction" in payload
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    # Only the detection is timed, not the page.
+    assert metric_value(text, "predictor_request_duration_seconds_count") == 1
+
+
+async def post_root(client: Client, body: bytes) -> tuple[int, Any]:
+    async with client.post("/", data=body, headers=JPEG) as response:
+        return response.status, await response.json()
+
+
+def test_settings_in_the_page_cannot_close_its_script_element() -> None:
+    info = {"entryPoint": "/</script><script>alert(1)</script>&"}
+    html = render_index(info, template="<script>__PREDICTOR_CONFIG__</script>")
+    assert html.count("</script>") == 1
+    inner = html.removeprefix("<script>").removesuffix("</script>")
+    assert json.loads(inner) == info

@@ -12,7 +12,7 @@ OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
 
-.PHONY: setup serve test lint typecheck unit bench model clean
+.PHONY: setup serve test lint typecheck unit browser bench model clean
 
 setup: $(STAMP)
 
@@ -42,7 +42,27 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup $(SHIPPED_MODEL)-symbol.json
+# The web page's tests (tests/test_page.py) drive Debian's Chromium through
+# Playwright; Playwright's own browser downloads are never used. Install it when
+# it is missing. Where that is impossible (no apt-get, no package, no root or
+# sudo) say so loudly and go on: the browser tests then skip with the reason,
+# or fail where CI or PREDICTOR_REQUIRE_BROWSER=1 is set.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "*** $(CHROMIUM) is missing and apt-get is not available: browser tests will not run ***"; \
+	else \
+		echo "Installing Chromium for the browser tests (apt-get)"; \
+		if ! { $(APT) update -qq && \
+		       $(APT) install -y -qq --no-install-recommends chromium fonts-liberation; } </dev/null; then \
+			echo "*** could not install chromium with apt-get: browser tests will not run ***"; \
+		fi; \
+	fi
+
+unit: setup browser $(SHIPPED_MODEL)-symbol.json
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -32,6 +32,8 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
+            # Browser tests; they drive the system's Chromium (never `playwright install`).
+            "playwright",
         ],
     },
     entry_points={"console_scripts": ["predictor=predictor.cli:main"]},

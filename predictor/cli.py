@@ -126,6 +126,12 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     train.add_argument(
         "--lr", type=float, default=defaults.learning_rate, help="peak learning rate"
     )
+    train.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=defaults.pretrain_epochs,
+        help="passes of object-crop classification that start the features (default: %(default)s)",
+    )
     train.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     train.add_argument("--workers", type=int, default=defaults.workers, help="augmentation threads")
     train.add_argument(
@@ -271,6 +277,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
+        pretrain_epochs=args.pretrain_epochs,
         seed=args.seed,
         workers=args.workers,
     )

@@ -9,13 +9,17 @@ from dataclasses import dataclass
 class TrainConfig:
     """Everything that decides a training run (saved with each checkpoint)."""
 
-    network: str = "ssd_300_mobilenet0.25_custom"
+    network: str = "ssd_300_compact_custom"
     edge: int = 300
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
+    # Passes over the training set's object crops that pretrain the feature
+    # extractor as a classifier before detection training (0: none).
+    pretrain_epochs: int = 3
+    pretrain_learning_rate: float = 3e-3
     seed: int = 0
     workers: int = 2
     # Light augmentation: the synthetic scenes already vary colours, backgrounds,

@@ -55,12 +55,18 @@ class TrainState:
     """Progress of a run; written after every epoch."""
 
     config: TrainConfig
-    epoch: int = 0  # epochs completed
+    epoch: int = 0  # detection epochs completed
     history: list[dict[str, Any]] = field(default_factory=list)
+    pretrained: bool = False  # the crop-classifier pretraining is done
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically."""
-        payload = {"config": asdict(self.config), "epoch": self.epoch, "history": self.history}
+        payload = {
+            "config": asdict(self.config),
+            "epoch": self.epoch,
+            "history": self.history,
+            "pretrained": self.pretrained,
+        }
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         temporary.replace(path)
@@ -70,7 +76,12 @@ class TrainState:
         """Read a state written by `save`."""
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-            return cls(TrainConfig(**payload["config"]), payload["epoch"], payload["history"])
+            return cls(
+                TrainConfig(**payload["config"]),
+                payload["epoch"],
+                payload["history"],
+                bool(payload.get("pretrained", False)),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"cannot resume from {path}: {exc}") from None
 
@@ -110,8 +121,13 @@ def train(
 
     mx.random.seed(config.seed)
     net = _build_network(config, train_set.classes)
-    if resume:
+    if resume and (out_dir / "last.params").is_file():
         net.load_parameters(str(out_dir / "last.params"))
+    if config.pretrain_epochs > 0 and not state.pretrained:
+        _pretrain(net, train_set, val_set, config, progress)
+        net.save_parameters(str(out_dir / "last.params"))
+        state.pretrained = True
+        state.save(state_path)
     anchors = _anchors(net, config.edge)
     steps_per_epoch = math.ceil(len(train_set.images) / config.batch_size)
     schedule = _WarmupCosine(
@@ -124,7 +140,7 @@ def train(
         "adam",
         {"learning_rate": config.learning_rate, "wd": config.weight_decay},
     )
-    if resume:
+    if resume and (out_dir / "last.states").is_file():
         trainer.load_states(str(out_dir / "last.states"))
     target_generator = _target_generator()
     loss_fn = _multibox_loss()
@@ -191,6 +207,36 @@ def train(
     final = export_prefix or (out_dir / "model")
     export_checkpoint(out_dir / "last.params", config, train_set.classes, final)
     return state
+
+
+def _pretrain(
+    net: mx.gluon.HybridBlock,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    config: TrainConfig,
+    progress: bool,
+) -> None:
+    from predictor.training.pretrain import pretrain_features
+
+    result = pretrain_features(
+        net.features,
+        train_set,
+        val_set,
+        epochs=config.pretrain_epochs,
+        learning_rate=config.pretrain_learning_rate,
+        seed=config.seed,
+        workers=config.workers,
+        progress=progress,
+    )
+    line = (
+        f"pretrained features on object crops: {result.epochs} epochs, "
+        f"train accuracy {result.train_accuracy:.3f}"
+    )
+    if result.val_accuracy is not None:
+        line += f", validation accuracy {result.val_accuracy:.3f}"
+    log.info("%s (%.0f s)", line, result.seconds)
+    if progress:
+        print(f"{line} ({result.seconds:.0f} s)", flush=True)
 
 
 def export_checkpoint(

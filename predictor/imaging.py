@@ -11,11 +11,28 @@ Large photos are decoded at 1/2, 1/4 or 1/8 scale inside libjpeg's DCT when the
 reduced image is still at least the network's input edge on both sides: the
 network never sees more pixels than that, and decoding is the most expensive
 step of preprocessing.
+
+What is decoded, and how:
+
+- 8-bit JPEGs of every process OpenCV's libjpeg-turbo reads: baseline,
+  progressive, arithmetic-coded, lossless; grayscale, YCbCr, RGB and CMYK/YCCK
+  (Adobe's inverted convention, as Photoshop writes it). Grayscale becomes
+  three equal channels.
+- 12- and 16-bit JPEGs (extended-precision lossy, and lossless up to 16 bits,
+  as medical and scientific cameras write them), which OpenCV cannot read, are
+  decoded by libjpeg (pylibjpeg-libjpeg) at full resolution and scaled to 8 bits.
+  Their colour space follows libjpeg-turbo's rules: a JFIF marker or Adobe
+  transform 1 means YCbCr, Adobe transform 0 or component ids R, G, B mean RGB,
+  and otherwise lossy means YCbCr and lossless RGB.
+- Refused from the header, before any pixel is decoded: anything that is not
+  a JPEG stream, an image over ``max_pixels``, and more than `MAX_SCANS` scans
+  (a progressive file can make the decoder walk the whole image once per scan).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -40,6 +57,24 @@ _REDUCED_READ_FLAGS = {
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers with no length field.
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+# Start-of-frame markers of the lossless processes.
+_LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+# libjpeg-turbo's own limit for its "limit scans" safety option; encoders write
+# about 10 scans for a progressive photo.
+MAX_SCANS = 500
+# EXIF orientation -> (transpose first, then flip code for cv2.flip or None).
+# Orientation 6 ("rotate 90 clockwise to display") is a transpose then a
+# horizontal flip, and so on, as in the EXIF specification's table.
+_ORIENTATIONS: dict[int, tuple[bool, int | None]] = {
+    1: (False, None),
+    2: (False, 1),
+    3: (False, -1),
+    4: (False, 0),
+    5: (True, None),
+    6: (True, 1),
+    7: (True, -1),
+    8: (True, 0),
+}
 
 Tensor = npt.NDArray[np.float32]
 ImageBGR = npt.NDArray[np.uint8]
@@ -62,16 +97,50 @@ class PreparedImage:
     height: int
 
 
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the segments up to the frame header say, read without decoding."""
+
+    width: int  # as stored, before the EXIF orientation
+    height: int
+    precision: int  # bits per sample: 8, or 2-16 for lossless, 12 for extended
+    components: int
+    lossless: bool
+    jfif: bool = False
+    adobe_transform: int | None = None
+    component_ids: tuple[int, ...] = ()
+    orientation: int = 1  # EXIF orientation, 1 (as stored) to 8
+
+    @property
+    def rotated(self) -> bool:
+        """True when the displayed image is the stored one turned by 90 or 270 degrees."""
+        return self.orientation in (5, 6, 7, 8)
+
+
 def jpeg_size(data: bytes) -> tuple[int, int]:
     """Return ``(width, height)`` from a JPEG's frame header, before decoding.
 
     Raises `ImageError` when the bytes are not a JPEG stream or the header is
     truncated before the frame size.
     """
+    header = jpeg_header(data)
+    return header.width, header.height
+
+
+def jpeg_header(data: bytes) -> JpegHeader:
+    """Read a JPEG's segments up to its frame header; see `JpegHeader`.
+
+    Raises `ImageError` when the bytes are not a JPEG stream or the header is
+    truncated before the frame size. Unreadable EXIF data is ignored, as
+    viewers do.
+    """
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
         raise ImageError("the body is not a JPEG image (no JPEG start-of-image marker)")
     pos = 2
     end = len(data)
+    jfif = False
+    adobe_transform: int | None = None
+    orientation = 1
     while pos < end:
         if data[pos] != 0xFF:
             raise ImageError("corrupt JPEG header (expected a marker)")
@@ -91,16 +160,54 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         length = (data[pos] << 8) | data[pos + 1]
         if length < 2:
             raise ImageError("corrupt JPEG header (bad segment length)")
-        if marker in _SOF_MARKERS:
-            if pos + 7 > end:
+        segment = data[pos + 2 : pos + length]
+        if marker == 0xE0 and segment.startswith(b"JFIF\x00"):
+            jfif = True
+        elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+            adobe_transform = segment[11]
+        elif marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+            orientation = _exif_orientation(segment[6:])
+        elif marker in _SOF_MARKERS:
+            if pos + 8 > end:
                 break
+            precision = data[pos + 2]
             height = (data[pos + 3] << 8) | data[pos + 4]
             width = (data[pos + 5] << 8) | data[pos + 6]
+            components = data[pos + 7]
             if width == 0 or height == 0:
                 raise ImageError("JPEG header declares an empty image")
-            return width, height
+            return JpegHeader(
+                width=width,
+                height=height,
+                precision=precision,
+                components=components,
+                lossless=marker in _LOSSLESS_SOF,
+                jfif=jfif,
+                adobe_transform=adobe_transform,
+                component_ids=tuple(segment[6 : 6 + 3 * components : 3]),
+                orientation=orientation,
+            )
         pos += length
     raise ImageError("truncated JPEG (the header ends before the frame size)")
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The orientation tag of an EXIF block's first image directory, or 1."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    for index in range(count):
+        entry = ifd + 2 + 12 * index
+        if entry + 12 > len(tiff):
+            break
+        if int.from_bytes(tiff[entry : entry + 2], order) == 0x0112:
+            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)
+            return value if value in _ORIENTATIONS else 1
+    return 1
 
 
 @dataclass(frozen=True)
@@ -123,8 +230,11 @@ def decode(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True
         height, width = pixels.shape[:2]
         _check_pixels(width, height, max_pixels)
         return DecodedImage(pixels, width, height)
-    width, height = jpeg_size(data)
-    _check_pixels(width, height, max_pixels)
+    header = _checked_header(data, max_pixels)
+    width, height = header.width, header.height
+    if header.precision != 8:
+        pixels = _decode_high_precision(data, header)
+        return DecodedImage(pixels, pixels.shape[1], pixels.shape[0])
     factor = reduction_factor(width, height, edge)
     pixels = _imdecode(data, _REDUCED_READ_FLAGS.get(factor, cv2.IMREAD_COLOR))
     # EXIF orientations of 90 or 270 degrees swap the sides relative to the header.
@@ -139,9 +249,74 @@ def decode_full(data: bytes, max_pixels: int) -> ImageBGR:
     The same header checks as `decode`: `ImageError` for bytes that are not a
     JPEG, `ImageTooLarge` over ``max_pixels``, before any pixel is allocated.
     """
-    width, height = jpeg_size(data)
-    _check_pixels(width, height, max_pixels)
+    header = _checked_header(data, max_pixels)
+    if header.precision != 8:
+        return _decode_high_precision(data, header)
     return _imdecode(data, cv2.IMREAD_COLOR)
+
+
+def _checked_header(data: bytes, max_pixels: int) -> JpegHeader:
+    """The header of a JPEG this service will decode; `ImageError` otherwise."""
+    header = jpeg_header(data)
+    _check_pixels(header.width, header.height, max_pixels)
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_SCANS:
+        raise ImageError(f"the JPEG has {scans} scans; at most {MAX_SCANS} are accepted")
+    return header
+
+
+def _decode_high_precision(data: bytes, header: JpegHeader) -> ImageBGR:
+    """Decode a 12- or 16-bit (or other non-8-bit) JPEG to 8-bit BGR, oriented for display."""
+    if header.components not in (1, 3):
+        raise ImageError(
+            f"a {header.precision}-bit JPEG with {header.components} colour components "
+            "is not supported (1 or 3 are)"
+        )
+    try:
+        import libjpeg
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImageError(
+            f"{header.precision}-bit JPEGs need the pylibjpeg-libjpeg package"
+        ) from None
+    transform = 1 if header.components == 3 and _is_ycbcr(header) else 0  # 1: YCbCr -> RGB
+    try:
+        raw = np.asarray(libjpeg.decode(data, colour_transform=transform))  # type: ignore[attr-defined]
+    except Exception as exc:  # its errors are RuntimeError or ValueError; none may escape
+        raise ImageError(f"the image could not be decoded ({exc})") from None
+    expected = (header.height, header.width) + (
+        (header.components,) if header.components > 1 else ()
+    )
+    if raw.shape != expected:
+        raise ImageError("the image could not be decoded (its data does not match its header)")
+    maximum = (1 << header.precision) - 1
+    scaled = (raw.astype(np.uint32) * 255 + maximum // 2) // maximum
+    eight: ImageBGR = np.clip(scaled, 0, 255).astype(np.uint8)
+    bgr = np.asarray(
+        cv2.cvtColor(eight, cv2.COLOR_GRAY2BGR) if header.components == 1 else eight[:, :, ::-1],
+        dtype=np.uint8,
+    )
+    return np.ascontiguousarray(_orient(bgr, header.orientation))
+
+
+def _is_ycbcr(header: JpegHeader) -> bool:
+    """libjpeg-turbo's rule for a three-component image's colour space."""
+    if header.jfif:
+        return True
+    if header.adobe_transform is not None:
+        return header.adobe_transform != 0
+    if header.component_ids == (82, 71, 66):  # "R", "G", "B"
+        return False
+    return not header.lossless
+
+
+def _orient(pixels: ImageBGR, orientation: int) -> ImageBGR:
+    """Turn stored pixels the way EXIF ``orientation`` says a viewer shows them."""
+    transpose, flip = _ORIENTATIONS.get(orientation, (False, None))
+    if transpose:
+        pixels = np.ascontiguousarray(pixels.transpose(1, 0, 2))
+    if flip is not None:
+        pixels = np.asarray(cv2.flip(pixels, flip), dtype=np.uint8)
+    return pixels
 
 
 def reduction_factor(width: int, height: int, edge: int) -> int:

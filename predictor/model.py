@@ -364,8 +364,18 @@ def _clip(value: int, limit: int) -> int:
 
 
 def _first_line(message: str) -> str:
+    """The line of an MXNet error message that says what went wrong.
+
+    MXNet's messages start with a C++ traceback ("Traceback (most recent call
+    last):", file names); the reason is on the line that starts "MXNetError:".
+    """
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown MXNet error"
+    if not lines:
+        return "unknown MXNet error"
+    for line in lines:
+        if line.startswith("MXNetError:"):
+            return line.removeprefix("MXNetError:").strip()
+    return lines[0]
 
 
 __all__ = [

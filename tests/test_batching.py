@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from predictor.batching import Batcher, BatchFailed, Overloaded, ShuttingDown
+from predictor.batching import (
+    FAILURE_BACKOFF_S,
+    Batcher,
+    BatchFailed,
+    DeadlineExceeded,
+    Overloaded,
+    ShuttingDown,
+    short_reason,
+)
 from predictor.metrics import Metrics
 
 
@@ -20,12 +28,13 @@ class Recorder:
         self.batches: list[list[int]] = []
         self.delay_s = delay_s
         self.fail_on = fail_on
+        self.broken = False  # when True, every forward pass fails, as a lost device's do
         self.threads: set[str] = set()
 
     def __call__(self, items: Sequence[int]) -> list[int]:
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
-        if self.fail_on is not None and self.fail_on in items:
+        if self.broken or (self.fail_on is not None and self.fail_on in items):
             raise RuntimeError("device out of memory")
         time.sleep(self.delay_s)
         return [2 * item for item in items]
@@ -136,9 +145,12 @@ async def test_a_failing_forward_fails_its_batch_only() -> None:
     )
     assert all(isinstance(o, BatchFailed) for o in outcomes)
     assert "out of memory" in str(outcomes[0])
-    assert batcher.consecutive_failures == 1
+    assert batcher.health[0].consecutive_failures == 1
+    assert not batcher.healthy
+    assert batcher.failure_reason == "replica #0: device out of memory"
     assert await submit(batcher, 5) == 10
-    assert batcher.consecutive_failures == 0
+    assert batcher.health[0].consecutive_failures == 0
+    assert batcher.healthy and batcher.failure_reason is None
     assert metrics.inference_failures._value.get() == 1
     await batcher.stop(grace_s=1)
 
@@ -165,3 +177,123 @@ async def test_stop_finishes_admitted_work_then_refuses() -> None:
     with pytest.raises(ShuttingDown):
         batcher.admit()
     assert not batcher.running
+
+
+async def test_an_item_past_its_deadline_is_answered_then_and_never_computed() -> None:
+    metrics = Metrics()
+    replica = Recorder(delay_s=0.3)
+    batcher = Batcher([replica], max_batch_size=1, max_delay_s=0.0, queue_max=10, metrics=metrics)
+    batcher.start()
+    busy = asyncio.ensure_future(submit(batcher, 1))  # occupies the replica for 0.3 s
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with (
+        batcher.admit() as admission,
+        pytest.raises(DeadlineExceeded, match="no forward pass began in time"),
+    ):
+        await admission.infer(2, deadline=time.monotonic() + 0.05)
+    # Answered at its deadline, not when the replica came free.
+    assert time.monotonic() - started < 0.25
+    assert batcher.queue_depth == 0, "an expired item gives its place back at once"
+    assert await busy == 2
+    assert await submit(batcher, 3) == 6
+    assert all(2 not in batch for batch in replica.batches)
+    assert metrics.deadline_exceeded._value.get() == 1
+    await batcher.stop(grace_s=1)
+
+
+async def test_an_item_whose_forward_pass_began_finishes_past_its_deadline() -> None:
+    replica = Recorder(delay_s=0.2)
+    batcher = Batcher([replica], max_batch_size=1, max_delay_s=0.0, queue_max=10)
+    batcher.start()
+    with batcher.admit() as admission:
+        assert await admission.infer(4, deadline=time.monotonic() + 0.05) == 8
+    await batcher.stop(grace_s=1)
+
+
+async def test_an_abandoned_request_is_counted() -> None:
+    metrics = Metrics()
+    replica = Recorder(delay_s=0.2)
+    batcher = Batcher([replica], max_batch_size=4, max_delay_s=0.0, queue_max=10, metrics=metrics)
+    batcher.start()
+    running = asyncio.ensure_future(submit(batcher, 1))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.ensure_future(submit(batcher, 2))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    assert await running == 2
+    assert await submit(batcher, 3) == 6
+    assert metrics.abandoned._value.get() == 1
+    await batcher.stop(grace_s=1)
+
+
+async def test_a_broken_replica_is_unhealthy_until_a_pass_succeeds_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+    replica = Recorder()
+    replica.broken = True
+    batcher = Batcher(
+        [replica],
+        max_batch_size=2,
+        max_delay_s=0.0,
+        queue_max=10,
+        metrics=metrics,
+        names=["gpu(0)"],
+    )
+    batcher.start()
+    for item in range(3):
+        with pytest.raises(BatchFailed):
+            await submit(batcher, item)
+    assert not batcher.healthy
+    assert batcher.health[0].consecutive_failures == 3
+    assert 'predictor_replica_healthy{replica="gpu(0)"} 0.0' in metrics.render().decode()
+    assert not await batcher.probe(0)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, "a failing streak is logged once"
+    assert "replica gpu(0) (batch of 1, failure 1 in a row" in errors[0].getMessage()
+    replica.broken = False
+    assert await batcher.probe(0)
+    assert batcher.healthy
+    assert 'predictor_replica_healthy{replica="gpu(0)"} 1.0' in metrics.render().decode()
+    assert any("recovered after 4 failed forward passes" in r.getMessage() for r in caplog.records)
+    await batcher.stop(grace_s=1)
+
+
+async def test_a_failing_replica_pauses_and_the_healthy_one_takes_the_work() -> None:
+    broken, healthy = Recorder(), Recorder(delay_s=0.01)
+    broken.broken = True
+    batcher = Batcher([broken, healthy], max_batch_size=1, max_delay_s=0.0, queue_max=100)
+    batcher.start()
+    outcomes = []
+    for item in range(20):
+        try:
+            outcomes.append(await submit(batcher, item))
+        except BatchFailed:
+            outcomes.append(-1)
+    # The broken replica failed its first batch and then paused for its back-off
+    # (FAILURE_BACKOFF_S[0] and longer): nearly everything went to the other one.
+    assert FAILURE_BACKOFF_S[0] >= 0.1
+    assert len(broken.batches) <= 3, broken.batches
+    assert outcomes.count(-1) == len(broken.batches)
+    assert batcher.healthy, "one healthy replica keeps the server ready"
+    await batcher.stop(grace_s=1)
+
+
+async def test_stop_after_the_grace_period_answers_everything_waiting() -> None:
+    replica = Recorder(delay_s=0.5)
+    batcher = Batcher([replica], max_batch_size=1, max_delay_s=0.0, queue_max=100)
+    batcher.start()
+    pending = [asyncio.ensure_future(submit(batcher, i)) for i in range(4)]
+    await asyncio.sleep(0.05)
+    await batcher.stop(grace_s=0.1)
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert outcomes[0] == 0 or isinstance(outcomes[0], ShuttingDown)
+    assert all(isinstance(o, ShuttingDown) for o in outcomes[1:]), outcomes
+    assert batcher.queue_depth == 0
+
+
+def test_short_reason_is_one_bounded_line() -> None:
+    assert short_reason(RuntimeError("first line\nsecond")) == "first line"
+    assert short_reason(RuntimeError("")) == "RuntimeError"
+    assert len(short_reason(RuntimeError("x" * 1000))) == 200

@@ -37,7 +37,7 @@ from predictor.data import FixtureObject, render_fixture
 from predictor.data.strokes import DIGIT_TEMPLATES
 
 from .conftest import ARTIFACTS, REPO_ROOT, SMALL_EDGE, encode_jpeg, scene
-from .test_imaging import with_exif_orientation
+from .jpeg_fixtures import with_exif_orientation
 
 try:
     from playwright.sync_api import BrowserContext, Page, Playwright, Request, sync_playwright

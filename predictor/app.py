@@ -6,11 +6,20 @@ Anything that is not a good request gets a 4xx with ``{"error": "..."}``; an
 unexpected fault gets a 500 with the same shape and is logged, and the server
 keeps serving. The detection endpoint reports where its time went in a
 ``Server-Timing`` header.
+
+The order of checks on the detection endpoint is chosen so that a bad request
+costs as little as possible: the API key and the declared body size are
+checked from the headers (even before ``Expect: 100-continue`` lets the
+client send the body), then the content type and the query, then the body
+is read (at most ``MAX_BODY_BYTES`` of it), then admitted to the bounded
+queue, decoded, and batched. From the moment the body is in, the request has
+``REQUEST_TIMEOUT_MS`` to reach its forward pass, or it gets 504.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -19,9 +28,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
-from predictor.batching import Batcher, BatchFailed, Overloaded, ShuttingDown
+from predictor.batching import (
+    Batcher,
+    BatchFailed,
+    DeadlineExceeded,
+    Overloaded,
+    ShuttingDown,
+)
 from predictor.config import Settings, parse_probability
 from predictor.imaging import ImageError, ImageTooLarge, PreparedImage, prepare
 from predictor.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
@@ -33,6 +49,10 @@ log = logging.getLogger(__name__)
 
 INVALID_CONTENT = "Invalid content"
 RETRY_AFTER_S = 1
+UNAUTHORIZED = "missing or invalid API key (send Authorization: Bearer <key>)"
+# /ready runs a forward pass of its own at most this often while the model is
+# failing, so that it notices recovery when no traffic would tell it.
+READY_PROBE_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,6 +61,27 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 BATCHER_KEY: web.AppKey[Batcher[PreparedImage, RawDetections]] = web.AppKey("batcher")
 DETECTORS_KEY: web.AppKey[list[Detector]] = web.AppKey("detectors")
 POOL_KEY = web.AppKey("preprocess_pool", ThreadPoolExecutor)
+
+
+class _ReadyProbe:
+    """At most one readiness probe at a time, and not more often than the interval."""
+
+    def __init__(self, item: PreparedImage) -> None:
+        self.item = item
+        self.task: asyncio.Task[bool] | None = None
+        self.last = -math.inf
+
+    def start(self, batcher: Batcher[PreparedImage, RawDetections]) -> None:
+        now = time.monotonic()
+        if (self.task is not None and not self.task.done()) or now - self.last < (
+            READY_PROBE_INTERVAL_S
+        ):
+            return
+        self.last = now
+        self.task = asyncio.get_running_loop().create_task(batcher.probe(self.item))
+
+
+PROBE_KEY = web.AppKey("ready_probe", _ReadyProbe)
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -64,6 +105,11 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
         max_delay_s=settings.batch_max_delay_ms / 1000.0,
         queue_max=settings.queue_max,
         metrics=metrics,
+        names=[str(detector.context) for detector in detectors],
+    )
+    edge = settings.model_edge
+    app[PROBE_KEY] = _ReadyProbe(
+        PreparedImage(np.zeros((3, edge, edge), dtype=np.float32), edge, edge)
     )
     app[POOL_KEY] = ThreadPoolExecutor(
         max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
@@ -71,7 +117,7 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
     app.on_startup.append(_start_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.on_cleanup.append(_stop_pool)
-    app.router.add_post(settings.entry_point, predict)
+    app.router.add_post(settings.entry_point, predict, expect_handler=_expect_continue)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -93,8 +139,12 @@ async def _start_batcher(app: web.Application) -> None:
 
 
 async def _stop_batcher(app: web.Application) -> None:
-    # aiohttp has already stopped accepting and waited for handlers by now.
-    await app[BATCHER_KEY].stop(grace_s=5.0)
+    # aiohttp has closed the listening socket by now; admitted images finish
+    # (for up to the grace period) before it waits for their handlers.
+    probe = app[PROBE_KEY].task
+    if probe is not None:
+        probe.cancel()
+    await app[BATCHER_KEY].stop(grace_s=app[SETTINGS_KEY].shutdown_grace_s)
 
 
 async def _stop_pool(app: web.Application) -> None:
@@ -133,6 +183,9 @@ async def predict(request: web.Request) -> web.Response:
 async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
     app = request.app
     settings = app[SETTINGS_KEY]
+    refusal = _refuse_from_headers(request)
+    if refusal is not None:
+        return refusal
     if request.content_type.lower() != "image/jpeg":
         return json_error(400, INVALID_CONTENT)
     threshold = settings.probability_threshold
@@ -145,8 +198,6 @@ async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
         as_image = wants_image(request.query.get("render"), request.headers.get("Accept"))
     except ValueError as exc:
         return json_error(400, f"render: {exc}")
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return json_error(413, f"the body is larger than {settings.max_body_bytes} bytes")
     body = await request.read()
     if not body:
         return json_error(400, "the body is empty; send the JPEG bytes")
@@ -157,19 +208,36 @@ async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
         admission = batcher.admit()
     except (Overloaded, ShuttingDown) as exc:
         return _unavailable(exc)
+    deadline = time.monotonic() + settings.request_timeout_ms / 1000.0
     loop = asyncio.get_running_loop()
     with admission:
         try:
-            image = await loop.run_in_executor(
-                app[POOL_KEY], prepare, body, settings.model_edge, settings.max_image_pixels
+            # Waiting for a decoding thread counts against the deadline too;
+            # an image whose deadline passed before its turn is not decoded.
+            image = await asyncio.wait_for(
+                loop.run_in_executor(
+                    app[POOL_KEY],
+                    _prepare_before,
+                    deadline,
+                    body,
+                    settings.model_edge,
+                    settings.max_image_pixels,
+                ),
+                timeout=max(0.0, deadline - time.monotonic()),
             )
         except ImageTooLarge as exc:
             return json_error(413, str(exc))
         except ImageError as exc:
             return json_error(400, str(exc))
+        except (TimeoutError, DeadlineExceeded):
+            # The batcher counts the images that time out in its queue; these never got there.
+            app[METRICS_KEY].deadline_exceeded.inc()
+            return _timed_out(app, "no decoding thread was free in time")
         timing.step("decode")
         try:
-            raw = await admission.infer(image)
+            raw = await admission.infer(image, deadline)
+        except DeadlineExceeded as exc:
+            return _timed_out(app, str(exc))
         except BatchFailed as exc:
             return json_error(500, f"inference failed: {exc}")
         except ShuttingDown as exc:
@@ -250,9 +318,83 @@ def _accept_quality(accept: str, media_type: str) -> float:
     return best_q
 
 
+def _prepare_before(deadline: float, body: bytes, edge: int, max_pixels: int) -> PreparedImage:
+    """`prepare`, unless the deadline passed while the image waited for this thread."""
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded("the deadline passed before decoding began")
+    return prepare(body, edge, max_pixels)
+
+
 def _unavailable(reason: Exception) -> web.Response:
     """503 with Retry-After: the client may come back shortly."""
     return json_error(503, str(reason), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _timed_out(app: web.Application, reason: str) -> web.Response:
+    """504: the request's REQUEST_TIMEOUT_MS passed before its forward pass began."""
+    limit = app[SETTINGS_KEY].request_timeout_ms
+    return json_error(504, f"timed out after REQUEST_TIMEOUT_MS={limit:g}: {reason}")
+
+
+def authorized(request: web.Request) -> bool:
+    """True when no API key is set, or the request carries it as a Bearer token.
+
+    The comparison takes the same time wherever the first difference is, so
+    that the key cannot be guessed a character at a time from the timings.
+    """
+    key = request.app[SETTINGS_KEY].api_key
+    if key is None:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def _unauthorized() -> web.Response:
+    return json_error(401, UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="predictor"'})
+
+
+def _refuse_from_headers(request: web.Request) -> web.Response | None:
+    """401 without the API key, 413 for a declared body over the limit; else None.
+
+    Both are decided from the headers alone: the body is not read, and the
+    connection is closed after the answer so that it is not read later either.
+    """
+    if not authorized(request):
+        response = _unauthorized()
+    else:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        if request.content_length is None or request.content_length <= limit:
+            return None
+        response = json_error(413, f"the body is larger than {limit} bytes")
+    response.force_close()
+    return response
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` with the final refusal when the headers already earn one.
+
+    A client that asks before sending a large body (curl does above 1 MiB)
+    then never sends it. Otherwise: "100 Continue", as aiohttp would.
+    """
+    refusal = _refuse_from_headers(request)
+    if refusal is None:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            refusal = json_error(417, "only Expect: 100-continue is understood")
+            refusal.force_close()
+        elif request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # What was just written is not part of the answer's size.
+            request.writer.output_size = 0
+            return None
+        else:
+            return None
+    refusal.headers["Server-Timing"] = ServerTiming().header()
+    request.app[METRICS_KEY].requests.labels(
+        route=request.app[SETTINGS_KEY].entry_point, status=str(refusal.status)
+    ).inc()
+    return refusal
 
 
 async def health(request: web.Request) -> web.Response:
@@ -261,17 +403,27 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: the model is loaded, warmed and the batcher accepts work."""
+    """Readiness: the model is loaded, warmed, not failing, and the batcher accepts work.
+
+    While every replica's last forward pass failed, the answer is 503 with the
+    reason, and a probe forward pass (at most one a second) finds out when
+    the device works again.
+    """
     batcher = request.app[BATCHER_KEY]
     if not batcher.running:
         return json_error(503, "not ready: the server is starting or shutting down")
+    if not batcher.healthy:
+        request.app[PROBE_KEY].start(batcher)
+        return json_error(503, f"not ready: the model is failing ({batcher.failure_reason})")
     return web.json_response(
         {"status": "ready", "model": str(request.app[SETTINGS_KEY].model_prefix)}
     )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition (behind the API key when METRICS_REQUIRE_KEY is true)."""
+    if request.app[SETTINGS_KEY].metrics_require_key and not authorized(request):
+        return _unauthorized()
     body = request.app[METRICS_KEY].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
@@ -302,10 +454,15 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    response = await handler(request)
     metrics = request.app[METRICS_KEY]
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        # The client went away before its answer (nginx's "499 client closed request").
+        metrics.requests.labels(route=name, status="499").inc()
+        raise
     metrics.requests.labels(route=name, status=str(response.status)).inc()
     if name == request.app[SETTINGS_KEY].entry_point and request.method == "POST":
         # The entry point may be "/", where GET serves the page: time detections only.

@@ -31,6 +31,18 @@ MAX_BODY_BYTES       20971520 (20 MiB)        larger bodies get 413
 MAX_IMAGE_PIXELS     50000000                 larger images (read from the JPEG header,
                                               before decoding) get 413
 PREPROCESS_WORKERS   number of CPU cores      threads decoding and resizing images
+REQUEST_TIMEOUT_MS   10000                    longest an image may wait, from the moment its
+                                              body has arrived, for its forward pass to
+                                              begin (decoding included); past it: 504 and
+                                              the image is never computed
+SHUTDOWN_GRACE_S     8                        on SIGTERM/SIGINT, how long admitted requests
+                                              may take to finish (below Docker's default
+                                              10 s stop timeout); then 503 and exit 0
+API_KEY              (unset)                  when set, detection requests need
+                                              "Authorization: Bearer <key>" (else 401);
+                                              at least 16 visible ASCII characters
+METRICS_REQUIRE_KEY  false                    true: /metrics needs the API key too
+                                              (requires API_KEY)
 LOG_LEVEL            INFO                     DEBUG, INFO, WARNING or ERROR
 """
 
@@ -91,6 +103,11 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     preprocess_workers: int = max(1, os.cpu_count() or 1)
+    request_timeout_ms: float = 10_000.0
+    shutdown_grace_s: float = 8.0
+    # repr=False: the key must never reach a log line, an error message or a traceback.
+    api_key: str | None = field(default=None, repr=False)
+    metrics_require_key: bool = False
     log_level: str = "INFO"
 
     @classmethod
@@ -110,6 +127,11 @@ class Settings:
         default_edge = DEFAULT_MODEL_EDGE if prefix_raw else SHIPPED_MODEL_EDGE
         no_gpus: tuple[int, ...] = ()
         gpus = reader.get("MODEL_CONTEXT_GPU", _parse_gpus, no_gpus)
+        no_key: str | None = None
+        api_key = reader.get("API_KEY", _parse_api_key, no_key, secret=True)
+        metrics_require_key = reader.get("METRICS_REQUIRE_KEY", _parse_bool, False)
+        if metrics_require_key and api_key is None:
+            raise ConfigError("METRICS_REQUIRE_KEY=true: needs API_KEY to be set")
         return cls(
             host=reader.get("REST_HOST", _parse_host, "0.0.0.0"),
             port=reader.get("REST_PORT", _int_in(0, 65535), 8080),
@@ -130,6 +152,12 @@ class Settings:
             preprocess_workers=reader.get(
                 "PREPROCESS_WORKERS", _int_in(1, 256), max(1, os.cpu_count() or 1)
             ),
+            request_timeout_ms=reader.get(
+                "REQUEST_TIMEOUT_MS", _float_in(1.0, 3_600_000.0), 10_000.0
+            ),
+            shutdown_grace_s=reader.get("SHUTDOWN_GRACE_S", _float_in(0.0, 3600.0), 8.0),
+            api_key=api_key,
+            metrics_require_key=metrics_require_key,
             log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),
         )
 
@@ -155,14 +183,19 @@ class _EnvReader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+    def get(self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False) -> T:
+        """The parsed value of ``name``, or ``default`` when it is unset or blank.
+
+        A ``secret`` value is never repeated in the error message.
+        """
         raw = self._env.get(name)
         if raw is None or raw.strip() == "":
             return default
         try:
             return parse(raw.strip())
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+            shown = "(the value is not shown)" if secret else repr(raw)
+            raise ConfigError(f"{name}={shown}: {exc}") from None
 
 
 def parse_probability(raw: str) -> float:
@@ -228,6 +261,28 @@ def _parse_path(raw: str) -> str:
         raise ValueError("expected a URL path starting with '/', without spaces, '?' or '#'")
     if raw in RESERVED_PATHS or raw == STATIC_PREFIX or raw.startswith(STATIC_PREFIX + "/"):
         raise ValueError(f"{raw} is reserved for the service's own endpoints and web page")
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+API_KEY_MIN_LENGTH = 16
+
+
+def _parse_api_key(raw: str) -> str:
+    # Visible ASCII only: the key travels in an HTTP header, and a short one
+    # can be guessed; 16 characters is a floor, a random 32+ is the advice.
+    if not all("!" <= ch <= "~" for ch in raw):
+        raise ValueError("expected visible ASCII characters only (no spaces)")
+    if len(raw) < API_KEY_MIN_LENGTH:
+        raise ValueError(f"expected at least {API_KEY_MIN_LENGTH} characters")
     return raw
 
 

@@ -6,6 +6,11 @@ on machines without internet access. The server fills in its own settings
 (the detection endpoint's path, the model's input edge, the default
 threshold) when it serves ``index.html``; ``GET /info`` answers the same
 settings as JSON for other clients.
+
+The page, its files and ``/info`` are open even when ``API_KEY`` is set: they
+hold nothing secret. The page then shows an "API key" field, keeps what the
+person types in the tab's session storage only, and sends it as the Bearer
+token of its detection requests.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def page_info(settings: Settings, classes: Sequence[str]) -> dict[str, Any]:
         "classes": list(classes),
         "maxBodyBytes": settings.max_body_bytes,
         "maxImagePixels": settings.max_image_pixels,
+        # The page then asks for the key and sends it; the key itself is never in the page.
+        "authRequired": settings.api_key is not None,
     }
 
 

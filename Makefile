@@ -73,7 +73,7 @@ unit: setup browser $(SHIPPED_MODEL)-symbol.json
 # is run for real instead (docker/check-install.sh): a new virtualenv in a temp
 # dir, docker/install-runtime.sh with the image's pins (CPU build), then
 # docker/entrypoint.sh on the shipped model: /health, /ready, a JPEG, SIGTERM.
-# Part of every `make test`: it took 41 to 49 s on 2 cores here, downloads included.
+# Part of every `make test`: 41 to 68 s on 2 busy cores here, downloads included.
 image-check: $(SHIPPED_MODEL)-symbol.json
 	docker/check-install.sh
 

@@ -43,7 +43,6 @@ K8S_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 # Settings the manifests set that come with work not merged yet; accepted
 # whether or not predictor/config.py documents them. Remove a name once it does.
 PENDING_SETTINGS = {
-    "SHUTDOWN_GRACE_S": "graceful-shutdown work (drain time after SIGTERM)",
     "MODEL_NAME": "Open Inference Protocol v2 work (the model's name in /v2/models/...)",
 }
 # Routes of the Open Inference Protocol v2 that the KServe example probes and

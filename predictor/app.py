@@ -233,6 +233,11 @@ async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
             # The batcher counts the images that time out in its queue; these never got there.
             app[METRICS_KEY].deadline_exceeded.inc()
             return _timed_out(app, "no decoding thread was free in time")
+        except asyncio.CancelledError:
+            # The client went away while its image waited to be decoded (the batcher
+            # counts those that leave its queue): nothing more is done for it.
+            app[METRICS_KEY].abandoned.inc()
+            raise
         timing.step("decode")
         try:
             raw = await admission.infer(image, deadline)

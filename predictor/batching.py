@@ -172,7 +172,8 @@ class Batcher(Generic[In, Out]):
         self._running_batches = 0
         self._workers: list[asyncio.Task[None]] = []
         self._executors: list[ThreadPoolExecutor] = []
-        self._stopping = False
+        self._stopping = False  # admits nothing new
+        self._stopped = False  # runs nothing new
         self._idle = asyncio.Event()
         self._idle.set()
         self._report_health()
@@ -234,7 +235,7 @@ class Batcher(Generic[In, Out]):
         gives it one when no request would (e.g. a readiness check while the
         load balancer sends no traffic). The item takes no place in the queue.
         """
-        if self._stopping:
+        if self._stopping or self._stopped:
             return False
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(item, future, None))
@@ -253,6 +254,8 @@ class Batcher(Generic[In, Out]):
         self._stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        # From here on nothing takes items from the queue: refuse new ones at once.
+        self._stopped = True
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -273,6 +276,10 @@ class Batcher(Generic[In, Out]):
     async def _enqueue(
         self, item: In, admission: Admission[In, Out], deadline: float | None
     ) -> Out:
+        if self._stopped:
+            # Admitted before the stop but decoded after the grace period.
+            admission.release()
+            raise ShuttingDown("the server stopped before this ran")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
         pending = _Pending(item, future, admission, deadline)

@@ -74,7 +74,8 @@ class Metrics:
         )
         self.abandoned = Counter(
             "predictor_abandoned",
-            "Images dropped before their forward pass because the client went away.",
+            "Images dropped before their forward pass (or their decoding) because the client "
+            "went away.",
             registry=self.registry,
         )
         self.replica_healthy = Gauge(

@@ -297,3 +297,15 @@ def test_short_reason_is_one_bounded_line() -> None:
     assert short_reason(RuntimeError("first line\nsecond")) == "first line"
     assert short_reason(RuntimeError("")) == "RuntimeError"
     assert len(short_reason(RuntimeError("x" * 1000))) == 200
+
+
+async def test_an_item_admitted_before_stop_and_queued_after_it_is_refused_at_once() -> None:
+    batcher = Batcher([Recorder()], max_batch_size=2, max_delay_s=0.0, queue_max=10)
+    batcher.start()
+    late = batcher.admit()  # e.g. still decoding when the grace period ends
+    await batcher.stop(grace_s=0.0)
+    started = time.monotonic()
+    with pytest.raises(ShuttingDown, match="stopped before this ran"):
+        await late.infer(1, deadline=time.monotonic() + 10)
+    assert time.monotonic() - started < 1
+    assert batcher.queue_depth == 0

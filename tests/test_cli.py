@@ -79,6 +79,56 @@ def test_serve_with_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def broken_checkpoint(prefix: Path, folder: Path, fault: str) -> tuple[Path, Path]:
+    """A copy of the shipped checkpoint with one fault; returns its prefix and the bad file."""
+    import shutil
+
+    import mxnet as mx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "m"
+    for suffix in ("-symbol.json", "-0000.params"):
+        shutil.copy(f"{prefix}{suffix}", f"{target}{suffix}")
+    shutil.copy(prefix.parent / "synset.txt", folder / "synset.txt")
+    params = Path(f"{target}-0000.params")
+    if fault == "truncated params":
+        params.write_bytes(params.read_bytes()[: params.stat().st_size // 3])
+        return target, params
+    if fault == "params of another network":
+        # The weights of a real, different (tiny) network, exported by Gluon.
+        other = mx.gluon.nn.HybridSequential()
+        other.add(mx.gluon.nn.Conv2D(8, 3), mx.gluon.nn.Dense(13))
+        other.initialize()
+        other.hybridize()
+        other(mx.nd.zeros((1, 3, 32, 32)))
+        other.export(str(folder / "other"))
+        shutil.copy(folder / "other-0000.params", params)
+        return target, params
+    if fault == "wrong class count":
+        (folder / "synset.txt").write_text("cat\ndog\n")
+        return target, folder / "synset.txt"
+    if fault == "missing synset":
+        (folder / "synset.txt").unlink()
+        return target, folder / "synset.txt"
+    raise ValueError(fault)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["truncated params", "params of another network", "wrong class count", "missing synset"],
+)
+def test_serve_with_a_broken_checkpoint_names_the_file_and_fails(
+    small_model_prefix: Path, tmp_path: Path, fault: str
+) -> None:
+    prefix, culprit = broken_checkpoint(small_model_prefix, tmp_path / "model", fault)
+    result = run(["serve"], model_env(prefix), timeout=120)
+    assert result.returncode == 1, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr
+    assert str(culprit) in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_with_malformed_setting_names_the_variable(small_model_prefix: Path) -> None:
     result = run(["serve"], model_env(small_model_prefix, BATCH_MAX_DELAY_MS="soon"), timeout=60)
     assert result.returncode == 2

@@ -32,11 +32,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bench.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
 from bench.server_process import ServerProcess
 from predictor.imaging import ImageError, prepare
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
-from .jpeg_fixtures import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
 
 EXAMPLES = int(os.environ.get("PREDICTOR_FUZZ_EXAMPLES", "3000"))
 HTTP_EXAMPLES = max(1, EXAMPLES // 3)

@@ -11,6 +11,12 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from bench.jpegs import (
+    extended_jpeg_12bit,
+    lossless_jpeg,
+    with_declared_size,
+    with_exif_orientation,
+)
 from predictor.imaging import (
     MAX_SCANS,
     MEAN_RGB,
@@ -27,12 +33,6 @@ from predictor.imaging import (
 )
 
 from .conftest import encode_jpeg, scene
-from .jpeg_fixtures import (
-    extended_jpeg_12bit,
-    lossless_jpeg,
-    with_declared_size,
-    with_exif_orientation,
-)
 
 LIMIT = 50_000_000
 

@@ -31,13 +31,13 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.jpegs import with_exif_orientation
 from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_PREFIX
 from predictor.data import FixtureObject, render_fixture
 from predictor.data.strokes import DIGIT_TEMPLATES
 
 from .conftest import ARTIFACTS, REPO_ROOT, SMALL_EDGE, encode_jpeg, scene
-from .jpeg_fixtures import with_exif_orientation
 
 try:
     from playwright.sync_api import BrowserContext, Page, Playwright, Request, sync_playwright

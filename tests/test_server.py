@@ -20,18 +20,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
+from bench.jpegs import (
+    extended_jpeg_12bit,
+    lossless_jpeg,
+    with_declared_size,
+    with_exif_orientation,
+)
 from predictor.app import create_app, wants_image
 from predictor.config import DeviceSpec, Settings
 from predictor.model import Detector, load_detectors
 from predictor.page import render_index
 
 from .conftest import SMALL_CLASSES, encode_jpeg, scene, settings_with
-from .jpeg_fixtures import (
-    extended_jpeg_12bit,
-    lossless_jpeg,
-    with_declared_size,
-    with_exif_orientation,
-)
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 Client = TestClient[Any, Any]

@@ -1,0 +1,407 @@
+"""Soak: many requests through a real `predictor serve`, its memory sampled throughout.
+
+MXNet keeps tensors in its own allocator, out of Python's sight; a leak of a few
+hundred kilobytes per request is invisible in a short test and fatal in a week.
+This drives a real server (a child process on a loopback port) with a mix of
+everything it meets in production and samples the server's resident memory
+(``/proc/PID/status``, VmRSS) and, when it runs on a GPU, the device memory its
+process holds (``nvidia-smi``):
+
+- JPEGs from 1x1 to 1920x1080: baseline, progressive, grayscale, EXIF-rotated,
+  12-bit lossy and 16-bit lossless (the libjpeg path); drawn answers
+  (``?render=true``); bodies that are refused (truncated, PNG); thresholds.
+- ``--clients`` closed-loop clients on keep-alive connections.
+
+The first ``--warmup`` part of the requests lets caches, allocator pools and
+MXNet's per-shape memory plans fill; from its end to the last request the RSS
+may grow by less than ``--max-growth`` (5 %). A leak also shows as the slope
+(bytes per 1,000 requests after warm-up), reported beside it.
+
+    python -m bench.soak --requests 20000          # `make soak`; rewrites BENCHMARKS.md's section
+    python -m bench.soak --requests 2000 --no-write
+
+Exit status 0 when the growth is under the limit and every answer was the
+expected one; traffic goes only to the server it starts, and every run is
+bounded by its request count and a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import cv2
+import numpy as np
+
+from bench.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
+from bench.server_process import ServerProcess
+from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
+from predictor.data.synth import SceneConfig, render_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+MARK_START = "<!-- soak:start -->"
+MARK_END = "<!-- soak:end -->"
+SAMPLE_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request of the mix: query string, body, and the status it must get."""
+
+    name: str
+    query: str
+    body: bytes
+    expected: int
+
+
+@dataclass
+class Sample:
+    """The server's memory after ``requests`` answers."""
+
+    seconds: float
+    requests: int
+    rss_bytes: int
+    gpu_bytes: int | None
+
+
+@dataclass
+class SoakReport:
+    """What a soak measured."""
+
+    requests: int
+    clients: int
+    warmup_requests: int
+    wall_s: float = 0.0
+    statuses: Counter[str] = field(default_factory=Counter)
+    unexpected: Counter[str] = field(default_factory=Counter)
+    samples: list[Sample] = field(default_factory=list)
+
+    def _after_warmup(self) -> list[Sample]:
+        return [s for s in self.samples if s.requests >= self.warmup_requests]
+
+    @property
+    def rss_start(self) -> int:
+        """RSS when the warm-up had just ended."""
+        return self._after_warmup()[0].rss_bytes
+
+    @property
+    def rss_end(self) -> int:
+        """RSS after the last request."""
+        return self.samples[-1].rss_bytes
+
+    @property
+    def rss_max(self) -> int:
+        """Highest RSS after warm-up."""
+        return max(s.rss_bytes for s in self._after_warmup())
+
+    @property
+    def growth(self) -> float:
+        """(end - start) / start of the RSS after warm-up."""
+        return (self.rss_end - self.rss_start) / self.rss_start
+
+    @property
+    def slope_bytes_per_1000(self) -> float:
+        """Least-squares slope of RSS over requests after warm-up, per 1,000 requests."""
+        points = self._after_warmup()
+        if len(points) < 3:
+            return float("nan")
+        x = np.array([s.requests for s in points], dtype=np.float64)
+        y = np.array([s.rss_bytes for s in points], dtype=np.float64)
+        return float(np.polyfit(x, y, 1)[0] * 1000.0)
+
+    @property
+    def gpu_growth_bytes(self) -> int | None:
+        """Device memory held at the end minus at the end of warm-up (GPU runs only)."""
+        points = self._after_warmup()
+        if points[0].gpu_bytes is None or points[-1].gpu_bytes is None:
+            return None
+        return points[-1].gpu_bytes - points[0].gpu_bytes
+
+    def passed(self, max_growth: float) -> bool:
+        """Flat memory, and every request got the status its case expects."""
+        return self.growth < max_growth and not self.unexpected
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        mib = 1024 * 1024
+        lines = [
+            f"{sum(self.statuses.values())} requests from {self.clients} clients in "
+            f"{self.wall_s:.0f} s ({sum(self.statuses.values()) / self.wall_s:.1f}/s); "
+            f"statuses {dict(sorted(self.statuses.items()))}",
+            f"RSS after warm-up ({self.warmup_requests} requests) {self.rss_start / mib:.1f} MiB, "
+            f"at the end {self.rss_end / mib:.1f} MiB, max {self.rss_max / mib:.1f} MiB: "
+            f"growth {100 * self.growth:+.2f} %, slope "
+            f"{self.slope_bytes_per_1000 / 1024:+.1f} KiB per 1,000 requests",
+        ]
+        if self.gpu_growth_bytes is not None:
+            lines.append(f"GPU memory growth after warm-up: {self.gpu_growth_bytes / mib:+.1f} MiB")
+        if self.unexpected:
+            lines.append(f"UNEXPECTED answers: {dict(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def cases(seed: int = 7) -> list[Case]:
+    """The request mix: mostly photos of assorted sizes, and every odd kind now and then."""
+    rng = np.random.default_rng(seed)
+
+    def picture(width: int, height: int) -> np.ndarray:  # type: ignore[type-arg]
+        scene = render_scene(rng, SceneConfig(min_side=256, max_side=640)).image
+        return np.asarray(cv2.resize(scene, (width, height), interpolation=cv2.INTER_AREA))
+
+    def jpeg(image: np.ndarray, **params: int) -> bytes:  # type: ignore[type-arg]
+        flags = [cv2.IMWRITE_JPEG_QUALITY, 88]
+        for key, value in params.items():
+            flags += [getattr(cv2, key), value]
+        ok, data = cv2.imencode(".jpg", image, flags)
+        assert ok
+        return bytes(data.tobytes())
+
+    mix: list[Case] = []
+    for index, (width, height) in enumerate(
+        [(640, 480), (1280, 720), (1920, 1080), (320, 240), (800, 600), (1024, 768)] * 2
+    ):
+        image = picture(width, height)
+        mix.append(Case(f"photo {width}x{height}", "", jpeg(image), 200))
+        if index % 3 == 0:
+            mix.append(Case("threshold", "?threshold=0.2", jpeg(image), 200))
+    photo = picture(640, 480)
+    small = np.ascontiguousarray(picture(96, 64)[:, :, ::-1])
+    png = io.BytesIO()
+    ok, png_data = cv2.imencode(".png", photo)
+    assert ok
+    png.write(png_data.tobytes())
+    mix += [
+        Case("progressive", "", jpeg(photo, IMWRITE_JPEG_PROGRESSIVE=1), 200),
+        Case("grayscale", "", jpeg(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)), 200),
+        Case("exif-rotated", "", with_exif_orientation(jpeg(photo), 6), 200),
+        Case("12-bit", "", extended_jpeg_12bit(small.astype(np.uint16) * 16), 200),
+        Case("16-bit", "", lossless_jpeg(small.astype(np.uint16) * 257, 16), 200),
+        Case("1x1", "", jpeg(np.full((1, 1, 3), 99, np.uint8)), 200),
+        Case("drawn", "?render=true", jpeg(photo), 200),
+        Case("truncated", "", jpeg(photo)[:700], 400),
+        Case("png", "", png.getvalue(), 400),
+    ]
+    return mix
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def gpu_bytes(pid: int) -> int | None:
+    """Device memory held by ``pid`` per nvidia-smi, or None where there is no GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    try:
+        output = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0
+    for line in output.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            total += int(parts[1]) * 1024 * 1024
+    return total
+
+
+async def drive(
+    url: str,
+    pid: int,
+    mix: Sequence[Case],
+    requests: int,
+    clients: int,
+    warmup_requests: int,
+    time_limit_s: float,
+    sample_gpu: bool,
+) -> SoakReport:
+    """Send ``requests`` requests from ``clients`` clients, sampling the server's memory."""
+    report = SoakReport(requests=requests, clients=clients, warmup_requests=warmup_requests)
+    next_index = 0
+    done = 0
+    started = time.monotonic()
+    deadline = started + time_limit_s
+
+    def sample() -> None:
+        report.samples.append(
+            Sample(
+                time.monotonic() - started,
+                done,
+                rss_bytes(pid),
+                gpu_bytes(pid) if sample_gpu else None,
+            )
+        )
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=clients), timeout=timeout
+    ) as session:
+
+        async def client() -> None:
+            nonlocal next_index, done
+            while next_index < requests and time.monotonic() < deadline:
+                case = mix[next_index % len(mix)]
+                next_index += 1
+                async with session.post(
+                    url + case.query, data=case.body, headers={"Content-Type": "image/jpeg"}
+                ) as response:
+                    await response.read()
+                    status = response.status
+                report.statuses[str(status)] += 1
+                if status != case.expected:
+                    report.unexpected[f"{case.name}: {status}"] += 1
+                done += 1
+
+        async def sampler() -> None:
+            while True:
+                sample()
+                await asyncio.sleep(SAMPLE_EVERY_S)
+
+        sampling = asyncio.create_task(sampler())
+        await asyncio.gather(*(client() for _ in range(clients)))
+        sampling.cancel()
+    sample()  # after the last answer
+    report.wall_s = time.monotonic() - started
+    return report
+
+
+def soak(
+    requests: int,
+    clients: int = 8,
+    warmup_fraction: float = 0.1,
+    time_limit_s: float = 4 * 3600.0,
+    env: dict[str, str] | None = None,
+) -> SoakReport:
+    """Start a server, soak it, stop it with SIGTERM (it must exit 0); return the report."""
+    server_env = {
+        "MODEL_PREFIX": str(ROOT / SHIPPED_MODEL_PREFIX),
+        "MODEL_EDGE": str(SHIPPED_MODEL_EDGE),
+        "BATCH_MAX_SIZE": "8",
+        "PREPROCESS_WORKERS": "2",
+        **(env or {}),
+    }
+    warmup = max(200, int(requests * warmup_fraction))
+    with ServerProcess(server_env) as server:
+        assert server.port is not None
+        report = asyncio.run(
+            drive(
+                server.url + "/predict",
+                server.process.pid,
+                cases(),
+                requests,
+                clients,
+                warmup,
+                time_limit_s,
+                sample_gpu=server_env.get("MODEL_CONTEXT_GPU", "false").lower()
+                not in ("", "false", "no", "off"),
+            )
+        )
+        code = server.stop(signal.SIGTERM)
+    if code != 0:
+        raise RuntimeError(f"the server exited {code} after the soak")
+    return report
+
+
+def write_section(report: SoakReport, command: str, max_growth: float) -> None:
+    """Rewrite the soak section of BENCHMARKS.md and bench/soak-results.json."""
+    mib = 1024 * 1024
+    total = sum(report.statuses.values())
+    gpu = report.gpu_growth_bytes
+    section = "\n".join(
+        [
+            MARK_START,
+            "## Soak: memory under sustained load",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}; the machine was shared with other work, "
+            "so the rate is not a speed figure (see the section above for those).",
+            f"Model `{SHIPPED_MODEL_PREFIX}` on the CPU, `BATCH_MAX_SIZE=8`, "
+            f"{report.clients} keep-alive clients; the mix of `bench/soak.py` (photos "
+            "320x240 to 1920x1080, progressive, grayscale, EXIF-rotated, 12- and 16-bit, "
+            "1x1, drawn answers, refused bodies).",
+            "",
+            "| requests | duration | RSS after warm-up | RSS at the end | max | growth | slope |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {total:,} ({report.warmup_requests:,} warm-up) | {report.wall_s / 60:.1f} min "
+            f"| {report.rss_start / mib:.1f} MiB | {report.rss_end / mib:.1f} MiB "
+            f"| {report.rss_max / mib:.1f} MiB | **{100 * report.growth:+.2f} %** "
+            f"| {report.slope_bytes_per_1000 / 1024:+.1f} KiB / 1,000 requests |",
+            "",
+            f"Statuses: {', '.join(f'{k}: {v:,}' for k, v in sorted(report.statuses.items()))}"
+            f"{'' if not report.unexpected else f'; unexpected: {dict(report.unexpected)}'}.",
+            f"Target: growth after warm-up < {100 * max_growth:g} %"
+            f" ({'met' if report.passed(max_growth) else 'NOT met'}). "
+            + (
+                f"GPU memory growth: {gpu / mib:+.1f} MiB."
+                if gpu is not None
+                else "GPU memory: not measured (no GPU on this machine; `bench/soak.py` "
+                "samples it with nvidia-smi when `MODEL_CONTEXT_GPU` is set)."
+            ),
+            "`make test` runs the same soak with 2,000 requests and the same assertion "
+            "(tests/test_soak.py).",
+            MARK_END,
+        ]
+    )
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text(encoding="utf-8")
+    if MARK_START in text:
+        before, rest = text.split(MARK_START, 1)
+        after = rest.split(MARK_END, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+    results = {
+        "command": command,
+        "requests": total,
+        "report": {
+            **{k: v for k, v in asdict(report).items() if k != "samples"},
+            "rss_start": report.rss_start,
+            "rss_end": report.rss_end,
+            "growth": report.growth,
+            "slope_bytes_per_1000": report.slope_bytes_per_1000,
+        },
+        "samples": [asdict(s) for s in report.samples],
+    }
+    (ROOT / "bench" / "soak-results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; exit 1 when the memory grew too much or an answer was wrong."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the requests")
+    parser.add_argument("--max-growth", type=float, default=0.05)
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    report = soak(args.requests, args.clients, args.warmup)
+    print(report.summary())
+    if not args.no_write:
+        command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(report, command.strip(), args.max_growth)
+    return 0 if report.passed(args.max_growth) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,11 +60,16 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def request(
-        self, path: str, body: bytes | None = None, content_type: str = "image/jpeg"
+        self,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "image/jpeg",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One blocking request; returns the status and the decoded JSON body."""
-        headers = {"Content-Type": content_type} if body is not None else {}
-        request = urllib.request.Request(self.url + path, data=body, headers=headers)
+        sent = {"Content-Type": content_type} if body is not None else {}
+        sent.update(headers or {})
+        request = urllib.request.Request(self.url + path, data=body, headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())

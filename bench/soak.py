@@ -124,6 +124,12 @@ class SoakReport:
         y = np.array([s.rss_bytes for s in points], dtype=np.float64)
         return float(np.polyfit(x, y, 1)[0] * 1000.0)
 
+    def rss_at(self, fraction: float) -> int:
+        """RSS when ``fraction`` of the requests after warm-up had been answered."""
+        points = self._after_warmup()
+        target = self.warmup_requests + fraction * (points[-1].requests - self.warmup_requests)
+        return next(s.rss_bytes for s in points if s.requests >= target)
+
     @property
     def gpu_growth_bytes(self) -> int | None:
         """Device memory held at the end minus at the end of warm-up (GPU runs only)."""
@@ -147,6 +153,9 @@ class SoakReport:
             f"at the end {self.rss_end / mib:.1f} MiB, max {self.rss_max / mib:.1f} MiB: "
             f"growth {100 * self.growth:+.2f} %, slope "
             f"{self.slope_bytes_per_1000 / 1024:+.1f} KiB per 1,000 requests",
+            "RSS at 0/25/50/75/100 % of the requests after warm-up: "
+            + " / ".join(f"{self.rss_at(q) / mib:.1f}" for q in (0, 0.25, 0.5, 0.75, 1))
+            + " MiB",
         ]
         if self.gpu_growth_bytes is not None:
             lines.append(f"GPU memory growth after warm-up: {self.gpu_growth_bytes / mib:+.1f} MiB")
@@ -347,6 +356,10 @@ def write_section(report: SoakReport, command: str, max_growth: float) -> None:
             f"| {report.rss_max / mib:.1f} MiB | **{100 * report.growth:+.2f} %** "
             f"| {report.slope_bytes_per_1000 / 1024:+.1f} KiB / 1,000 requests |",
             "",
+            "RSS after warm-up, at 0, 25, 50, 75 and 100 % of the remaining requests: "
+            + ", ".join(f"{report.rss_at(q) / mib:.1f}" for q in (0, 0.25, 0.5, 0.75, 1))
+            + " MiB. Every sample (one a second) is in `bench/soak-results.json`.",
+            "",
             f"Statuses: {', '.join(f'{k}: {v:,}' for k, v in sorted(report.statuses.items()))}"
             f"{'' if not report.unexpected else f'; unexpected: {dict(report.unexpected)}'}.",
             f"Target: growth after warm-up < {100 * max_growth:g} %"
@@ -375,7 +388,12 @@ def write_section(report: SoakReport, command: str, max_growth: float) -> None:
         "command": command,
         "requests": total,
         "report": {
-            **{k: v for k, v in asdict(report).items() if k != "samples"},
+            "clients": report.clients,
+            "warmup_requests": report.warmup_requests,
+            "wall_s": report.wall_s,
+            # Plain dicts: dataclasses.asdict would rebuild a Counter from (key, value) pairs.
+            "statuses": dict(report.statuses),
+            "unexpected": dict(report.unexpected),
             "rss_start": report.rss_start,
             "rss_end": report.rss_end,
             "growth": report.growth,

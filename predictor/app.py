@@ -232,7 +232,7 @@ async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
         except (TimeoutError, DeadlineExceeded):
             # The batcher counts the images that time out in its queue; these never got there.
             app[METRICS_KEY].deadline_exceeded.inc()
-            return _timed_out(app, "no decoding thread was free in time")
+            return _timed_out(app, "the image was not decoded in time")
         except asyncio.CancelledError:
             # The client went away while its image waited to be decoded (the batcher
             # counts those that leave its queue): nothing more is done for it.
@@ -442,7 +442,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS_KEY].max_body_bytes
-        return json_error(413, f"the body is larger than {limit} bytes")
+        response = json_error(413, f"the body is larger than {limit} bytes")
+        # A chunked body over the limit: close rather than read (and discard) the rest.
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

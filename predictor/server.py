@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 # After the admitted images are done, how long their handlers may take to
 # write the answers (post-processing and, for drawn answers, encoding a JPEG).
 ANSWER_FLUSH_S = 5.0
+# After an early answer (413, 401) to a request whose body is still coming, the
+# rest is read and thrown away for at most this long, so that the client gets
+# to read the answer rather than a connection reset; then the connection is
+# closed. (aiohttp's default is 10 s, time in which a fast client can push
+# gigabytes.)
+LINGER_S = 2.0
 EXIT_ABORTED = 1
 
 
@@ -42,6 +48,7 @@ async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=ANSWER_FLUSH_S,
+        lingering_time=LINGER_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)

@@ -689,6 +689,77 @@ def test_busy_and_rejected_answers_are_explained(tab: Tab, tmp_path: Path) -> No
     assert listed(page)
 
 
+# ------------------------------------------------------------------ a server with an API key
+
+API_KEY = "page-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[Server]:
+    env = {
+        "MODEL_PREFIX": str(REPO_ROOT / SHIPPED_MODEL_PREFIX),
+        "MODEL_EDGE": str(SMALL_EDGE),
+        "REST_ENTRY_POINT": ENTRY_POINT,
+        "PREPROCESS_WORKERS": "2",
+        "API_KEY": API_KEY,
+    }
+    with ServerProcess(env) as process:
+        yield Server(process, process.url)
+
+
+def test_the_page_asks_for_the_api_key_and_sends_it(
+    browser: BrowserContext, keyed_server: Server, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    tab = Tab(page, keyed_server)
+    page.on("request", lambda request: tab.requests.append(request))
+    page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    page.on("console", lambda message: tab.console(message.type, message.text))
+    page.add_init_script(RECORD_UPLOADS)
+    try:
+        page.goto(keyed_server.url + "/")
+        page.wait_for_selector("body[data-state=ready]")
+        assert API_KEY not in page.content(), "the key is never part of the page"
+        key_field = page.get_by_label("API key")
+        assert key_field.is_visible()
+        # Without the key: the server's 401, explained, and a way to try again.
+        jpeg = encode_jpeg(scene(11, 640, 480))
+        path = write(tmp_path, "scene.jpg", jpeg)
+        upload(tab, path)
+        message = page.text_content("#error-message") or ""
+        assert message.startswith("The server refused the API key (none entered)"), message
+        retry = page.get_by_role("button", name="Try again")
+        assert retry.is_visible()
+        tab.screenshot("14-api-key-missing")
+        # With it: the detection goes through, with the key as the Bearer token.
+        key_field.fill(API_KEY)
+        request = submit(tab, retry.click)
+        assert request.body == jpeg
+        sent = tab.detection_requests()[-1]
+        assert sent.all_headers()["authorization"] == f"Bearer {API_KEY}"
+        status, payload = keyed_server.process.request(
+            f"{ENTRY_POINT}?threshold={REQUEST_THRESHOLD}",
+            jpeg,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert status == 200
+        set_threshold(page, REQUEST_THRESHOLD)
+        assert listed(page) == as_listed(payload["prediction"], REQUEST_THRESHOLD)
+        tab.screenshot("15-api-key-accepted")
+        # The tab remembers it across a reload (sessionStorage), and nothing else does.
+        page.reload()
+        page.wait_for_selector("body[data-state=ready]")
+        assert page.get_by_label("API key").input_value() == API_KEY
+        assert page.evaluate("localStorage.length") == 0
+    finally:
+        page.close()
+    assert tab.errors == [], tab.errors
+
+
+def test_without_a_key_setting_the_page_shows_no_key_field(tab: Tab) -> None:
+    assert tab.page.is_hidden("#key-panel")
+
+
 # ------------------------------------------------------------------ small screens
 
 

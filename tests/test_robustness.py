@@ -155,6 +155,45 @@ def test_a_client_that_disconnects_is_dropped_before_its_forward_pass(
         assert server.stop() == 0
 
 
+# ------------------------------------------------------------------ oversized bodies
+
+
+def test_an_endless_body_gets_413_and_the_connection_is_closed_soon(
+    small_model_prefix: Path,
+) -> None:
+    """A client that never stops sending: answered 413, then cut off, not read for ever."""
+    with ServerProcess(server_env(small_model_prefix, MAX_BODY_BYTES="1048576")) as server:
+        assert server.port is not None
+        for head in (
+            b"Content-Length: 100000000000\r\n\r\n",  # 100 GB announced
+            b"Transfer-Encoding: chunked\r\n\r\n",  # nothing announced
+        ):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n" + head
+            )
+            chunked = b"chunked" in head
+            block = b"\xff" * 65536
+            data = (b"%x\r\n" % len(block) + block + b"\r\n") if chunked else block
+            started = time.monotonic()
+            sent = 0
+            closed_after: float | None = None
+            try:
+                while time.monotonic() - started < 30:
+                    sock.sendall(data)
+                    sent += len(data)
+            except OSError:  # the server closed the connection: the send fails
+                closed_after = time.monotonic() - started
+            finally:
+                sock.close()
+            assert closed_after is not None, f"still reading after 30 s and {sent} bytes"
+            # The limit, then LINGER_S (2 s) of reading to let the client see its
+            # answer; "soon" here leaves room for a busy machine.
+            assert closed_after < 15, closed_after
+        assert server.request("/ready")[0] == 200
+        assert server.stop() == 0
+
+
 # ------------------------------------------------------------------ a forward pass that fails
 
 

@@ -714,6 +714,27 @@ async def test_declared_body_over_the_limit_is_413_without_reading_it(client: Cl
     assert time.monotonic() - started < 5
 
 
+async def test_chunked_body_over_the_limit_is_413_with_connection_close(client: Client) -> None:
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n" % (1 << 20) + b"\xff" * (1 << 20) + b"\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(head)
+        for _ in range(21):  # 21 MiB: over the 20 MiB limit
+            writer.write(chunk)
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+        assert b"Connection: close" in answer
+    finally:
+        writer.close()
+    # That the server then stops reading is tested on `predictor serve` itself
+    # (tests/test_robustness.py), which sets how long it lingers.
+
+
 async def test_expect_100_continue_over_the_limit_is_413_before_the_body(client: Client) -> None:
     head = (
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"

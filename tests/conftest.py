@@ -17,7 +17,8 @@ import numpy.typing as npt
 import pytest
 
 from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec, Settings
-from predictor.data import SceneConfig, render_scene
+from predictor.data import FixtureObject, SceneConfig, render_fixture, render_scene
+from predictor.data.synth import Scene
 from predictor.imaging import ImageBGR
 from predictor.model import Detector, load_detectors
 
@@ -37,7 +38,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def small_model_prefix() -> Path:
-    """Checkpoint prefix of the shipped model (SSD 300, MobileNet-0.25, digits and shapes)."""
+    """Checkpoint prefix of the shipped model (SSD 300, digits and shapes)."""
     prefix = REPO_ROOT / SHIPPED_MODEL_PREFIX
     assert Path(f"{prefix}-symbol.json").is_file(), f"the shipped model {prefix} is missing"
     return prefix
@@ -84,6 +85,25 @@ def scene(seed: int, width: int = 640, height: int = 480) -> ImageBGR:
     rendered = render_scene(np.random.default_rng(seed), SceneConfig(min_side=256, max_side=640))
     resized = cv2.resize(rendered.image, (width, height), interpolation=cv2.INTER_AREA)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def known_objects() -> Scene:
+    """The original service's test picture: a printed 3, a filled circle and a hand-drawn 7.
+
+    A 4:3 photo. The SSD stretches every image to a square, so in a 2:1 image a
+    circle reaches the network as an upright ellipse, which is what a "0" looks
+    like; at 4:3 the shapes keep their identity.
+    """
+    return render_fixture(
+        [
+            FixtureObject("3", (120, 220), 150, color=(20, 20, 20), style="font"),
+            FixtureObject("circle", (330, 230), 140, color=(30, 60, 200), style="filled"),
+            FixtureObject("7", (530, 240), 160, color=(120, 40, 10), style="hand"),
+        ],
+        size=(640, 480),
+        seed=5,
+        background=(235, 235, 225),
+    )
 
 
 def encode_jpeg(

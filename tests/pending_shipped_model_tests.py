@@ -21,12 +21,12 @@ import pytest
 
 from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
-from predictor.data import FixtureObject, render_fixture, synthesize
+from predictor.data import synthesize
 from predictor.model import Detection
 from predictor.render import draw_detections
 from predictor.training.evaluate import evaluate_checkpoint
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, known_objects
 
 SHIPPED = REPO_ROOT / SHIPPED_MODEL_PREFIX
 # Held-out scenes: a seed the model was never trained or validated on.
@@ -56,16 +56,7 @@ def shipped_server() -> Iterator[ServerProcess]:
 def test_original_service_test_on_the_shipped_model(
     shipped_server: ServerProcess, artifacts: Path
 ) -> None:
-    fixture = render_fixture(
-        [
-            FixtureObject("3", (110, 150), 130, color=(20, 20, 20), style="font"),
-            FixtureObject("circle", (320, 140), 120, color=(30, 60, 200), style="filled"),
-            FixtureObject("7", (520, 170), 140, color=(120, 40, 10), style="hand"),
-        ],
-        size=(640, 320),
-        seed=5,
-        background=(235, 235, 225),
-    )
+    fixture = known_objects()
     ok, jpeg = cv2.imencode(".jpg", fixture.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     assert ok
     status, payload = shipped_server.request("/predict", jpeg.tobytes())

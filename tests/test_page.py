@@ -34,10 +34,9 @@ import pytest
 from bench.jpegs import with_exif_orientation
 from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_PREFIX
-from predictor.data import FixtureObject, render_fixture
 from predictor.data.strokes import DIGIT_TEMPLATES
 
-from .conftest import ARTIFACTS, REPO_ROOT, SMALL_EDGE, encode_jpeg, scene
+from .conftest import ARTIFACTS, REPO_ROOT, SMALL_EDGE, encode_jpeg, known_objects, scene
 
 try:
     from playwright.sync_api import BrowserContext, Page, Playwright, Request, sync_playwright
@@ -787,16 +786,7 @@ def test_phone_width_needs_no_sideways_scrolling(tab: Tab, tmp_path: Path) -> No
 
 @needs_trained_model
 def test_fixture_objects_are_found_and_listed(tab: Tab, tmp_path: Path) -> None:
-    fixture = render_fixture(
-        [
-            FixtureObject("3", (110, 150), 130, color=(20, 20, 20), style="font"),
-            FixtureObject("circle", (320, 140), 120, color=(30, 60, 200), style="filled"),
-            FixtureObject("7", (520, 170), 140, color=(120, 40, 10), style="hand"),
-        ],
-        size=(640, 320),
-        seed=5,
-        background=(235, 235, 225),
-    )
+    fixture = known_objects()
     upload(tab, write(tmp_path, "fixture.jpg", encode_jpeg(fixture.image, quality=92)))
     shown = listed(tab.page)  # at the default threshold
     tab.screenshot("12-fixture-trained")

@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_cmd_export)
 
+    quantize = commands.add_parser(
+        "quantize", help="write an int8 version of a checkpoint for the CPU (MODEL_DTYPE=int8)"
+    )
+    quantize.add_argument("--model", required=True, type=Path, metavar="PREFIX")
+    quantize.add_argument(
+        "--calib",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="images like the training images (searched recursively)",
+    )
+    quantize.add_argument(
+        "--out", type=Path, metavar="PREFIX", help="default: PREFIX-int8, where the server looks"
+    )
+    quantize.add_argument("--epoch", type=int, default=0)
+    quantize.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
+    quantize.add_argument(
+        "--images", type=int, default=300, help="calibration images (default: %(default)s)"
+    )
+    quantize.add_argument(
+        "--mode", choices=("naive", "entropy"), default="naive", help="default: %(default)s"
+    )
+    quantize.set_defaults(func=_cmd_quantize)
+
     predict = commands.add_parser(
         "predict", help="detect objects in image files or folders, as JSON lines"
     )
@@ -176,6 +200,7 @@ def _load(settings: Settings) -> list[Detector]:
                 settings.model_edge,
                 settings.devices,
                 settings.batch_max_size,
+                settings.model_dtype,
             )
         )
     except CheckpointError as exc:
@@ -188,11 +213,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from predictor.server import serve
 
     log.info(
-        "loading %s (epoch %d, %dx%d) on %s",
+        "loading %s (epoch %d, %dx%d, %s) on %s",
         settings.model_prefix,
         settings.model_epoch,
         settings.model_edge,
         settings.model_edge,
+        settings.model_dtype,
         settings.devices.describe(),
     )
     detectors = _load(settings)
@@ -220,6 +246,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"exported {args.zoo} ({len(result.classes)} classes, {result.edge}x{result.edge}"
         f"{', RANDOM weights' if result.random_init else ''}) to "
         f"{result.symbol_path}, {result.params_path}, {result.synset_path}"
+    )
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from predictor.model import CheckpointError
+    from predictor.quantize import QuantizeError, quantize_checkpoint
+
+    _configure_logging("WARNING")
+    try:
+        result = quantize_checkpoint(
+            args.model,
+            args.calib,
+            args.out,
+            edge=args.edge,
+            epoch=args.epoch,
+            images=args.images,
+            mode=args.mode,
+        )
+    except (QuantizeError, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"quantized {args.model} to int8 ({result.calibration_images} calibration images, "
+        f"{result.seconds:.1f} s): {result.symbol_path}, {result.params_path}"
     )
     return 0
 

@@ -22,6 +22,9 @@ MODEL_EDGE           300 (shipped model),     square input edge the network was 
 MODEL_CONTEXT_GPU    false                    true: GPU 0; "0,1": those GPUs, one model
                                               replica each; false: the CPU
 MODEL_CPU_REPLICAS   1                        model replicas on the CPU (not with GPUs)
+MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
+                                              by `predictor quantize`); float16 (GPU only:
+                                              mixed precision, AMP)
 BATCH_MAX_SIZE       8                        most images in one forward pass
 BATCH_MAX_DELAY_MS   5                        longest the oldest image in a batch waits
                                               for the batch to fill
@@ -64,6 +67,9 @@ DEFAULT_MODEL_EDGE = 512
 RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
 STATIC_PREFIX = "/static"
 
+# Numeric types a model may run in; see `Settings.model_dtype`.
+MODEL_DTYPES = ("float32", "int8", "float16")
+
 T = TypeVar("T")
 
 
@@ -97,6 +103,8 @@ class Settings:
     model_epoch: int = 0
     model_edge: int = SHIPPED_MODEL_EDGE
     devices: DeviceSpec = field(default_factory=DeviceSpec)
+    # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
+    model_dtype: str = "float32"
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
     queue_max: int = 64
@@ -132,6 +140,8 @@ class Settings:
         metrics_require_key = reader.get("METRICS_REQUIRE_KEY", _parse_bool, False)
         if metrics_require_key and api_key is None:
             raise ConfigError("METRICS_REQUIRE_KEY=true: needs API_KEY to be set")
+        model_dtype = reader.get("MODEL_DTYPE", _parse_dtype, "float32")
+        _check_dtype_device(model_dtype, gpus)
         return cls(
             host=reader.get("REST_HOST", _parse_host, "0.0.0.0"),
             port=reader.get("REST_PORT", _int_in(0, 65535), 8080),
@@ -144,6 +154,7 @@ class Settings:
                 gpus=gpus,
                 cpu_replicas=reader.get("MODEL_CPU_REPLICAS", _int_in(1, 64), 1),
             ),
+            model_dtype=model_dtype,
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
             queue_max=reader.get("QUEUE_MAX", _int_in(1, 1_000_000), 64),
@@ -248,6 +259,27 @@ def _parse_gpus(raw: str) -> tuple[int, ...]:
     if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
         raise ValueError("GPU indices must be distinct and non-negative")
     return indices
+
+
+def _parse_dtype(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in MODEL_DTYPES:
+        raise ValueError("expected " + ", ".join(MODEL_DTYPES))
+    return lowered
+
+
+def _check_dtype_device(dtype: str, gpus: tuple[int, ...]) -> None:
+    """int8 has kernels on the CPU only (oneDNN), float16 pays off on GPUs only."""
+    if dtype == "float16" and not gpus:
+        raise ConfigError(
+            "MODEL_DTYPE=float16: runs on a GPU only (set MODEL_CONTEXT_GPU); "
+            "on the CPU use float32 or int8"
+        )
+    if dtype == "int8" and gpus:
+        raise ConfigError(
+            "MODEL_DTYPE=int8: runs on the CPU only (oneDNN kernels); "
+            "on a GPU use float32 or float16"
+        )
 
 
 def _parse_host(raw: str) -> str:

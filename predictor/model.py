@@ -10,6 +10,12 @@ MXNet keeps NDArray memory in its own allocator, invisible to Python's memory
 accounting, so this module never lets an NDArray outlive the call that made
 it: inputs live in buffers allocated once per batch size, and outputs are
 copied to numpy and dropped before `forward` returns.
+
+Numeric types (``MODEL_DTYPE``): ``float32`` runs the checkpoint as exported;
+``int8`` runs a checkpoint quantized by `predictor.quantize` (oneDNN kernels,
+CPU only), found at the prefix itself or at ``PREFIX-int8`` beside it;
+``float16`` converts the float32 network with MXNet's automatic mixed
+precision on a GPU (inputs and outputs stay float32).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from predictor.config import DeviceSpec
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+
+# Where `predictor quantize` writes the int8 version of PREFIX by default.
+INT8_SUFFIX = "-int8"
 
 
 class CheckpointError(RuntimeError):
@@ -63,6 +72,55 @@ class Checkpoint:
             if not path.is_file():
                 raise CheckpointError(f"model file not found: {path}")
         return checkpoint
+
+
+def checkpoint_dtype(symbol_path: Path) -> str:
+    """``"int8"`` for a graph with quantized operators, else ``"float32"``."""
+    try:
+        graph = json.loads(symbol_path.read_text(encoding="utf-8"))
+        ops = [str(node.get("op", "")) for node in graph["nodes"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{symbol_path} is not a valid MXNet symbol file: {exc}") from None
+    quantized = any(op.startswith(("_contrib_quantize", "_contrib_quantized_")) for op in ops)
+    return "int8" if quantized else "float32"
+
+
+def resolve_checkpoint(prefix: Path | str, epoch: int, dtype: str | None) -> Checkpoint:
+    """The checkpoint to load for ``dtype``; `CheckpointError` saying what to do if there is none.
+
+    ``dtype=None`` takes the checkpoint at ``prefix`` as it is, int8 or float32
+    (for tools such as ``predictor evaluate``).
+
+    An int8 model is a separate checkpoint (calibration needs images of the
+    training distribution, which a server does not have): ``prefix`` itself
+    when it is quantized, otherwise ``PREFIX-int8`` as `predictor quantize`
+    writes it by default. A float model may not be given an int8 checkpoint.
+    """
+    checkpoint = Checkpoint.from_prefix(prefix, epoch)
+    found = checkpoint_dtype(checkpoint.symbol_path)
+    if dtype is None:
+        return checkpoint
+    if dtype != "int8":
+        if found == "int8":
+            raise CheckpointError(
+                f"{checkpoint.symbol_path} is an int8 (quantized) checkpoint: "
+                "serve it with MODEL_DTYPE=int8"
+            )
+        return checkpoint
+    if found == "int8":
+        return checkpoint
+    quantized_prefix = Path(f"{prefix}{INT8_SUFFIX}")
+    if not Path(f"{quantized_prefix}-symbol.json").is_file():
+        raise CheckpointError(
+            f"MODEL_DTYPE=int8: {checkpoint.symbol_path} is a float32 checkpoint and "
+            f"{quantized_prefix}-symbol.json does not exist; write it with "
+            f"`predictor quantize --model {prefix} --calib DIR` "
+            "(DIR: a few hundred images like the training images)"
+        )
+    quantized = Checkpoint.from_prefix(quantized_prefix, epoch)
+    if checkpoint_dtype(quantized.symbol_path) != "int8":
+        raise CheckpointError(f"{quantized.symbol_path} is not a quantized checkpoint")
+    return quantized
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -126,15 +184,23 @@ class Detector:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, context: mx.Context, edge: int, max_batch: int
+        self,
+        checkpoint: Checkpoint,
+        context: mx.Context,
+        edge: int,
+        max_batch: int,
+        dtype: str = "float32",
     ) -> None:
         self.checkpoint = checkpoint
         self.context = context
         self.edge = edge
         self.max_batch = max_batch
+        self.dtype = dtype
         self.classes = read_class_names(checkpoint.synset_path)
         self._check_class_count()
         self._net = _load_symbol_block(checkpoint, context, edge)
+        if dtype == "float16":
+            self._net = _mixed_precision(self._net, context)
         # static_alloc/static_shape: MXNet plans memory once per input shape and
         # reuses it, instead of allocating on every call.
         self._net.hybridize(static_alloc=True, static_shape=True)
@@ -171,9 +237,10 @@ class Detector:
                 batch[:] = staging
                 class_ids, scores, boxes = self._net(batch)
                 # asnumpy() waits for the device; after it no NDArray of this call survives.
-                ids_np = class_ids.asnumpy()
-                scores_np = scores.asnumpy()
-                boxes_np = boxes.asnumpy()
+                # float32 whatever the network computed in (float16 outputs under AMP).
+                ids_np = class_ids.asnumpy().astype(np.float32, copy=False)
+                scores_np = scores.asnumpy().astype(np.float32, copy=False)
+                boxes_np = boxes.asnumpy().astype(np.float32, copy=False)
                 del class_ids, scores, boxes
                 self.batches_run += 1
             except mx.base.MXNetError as exc:
@@ -198,13 +265,23 @@ class Detector:
 
 
 def load_detectors(
-    prefix: Path, epoch: int, edge: int, devices: DeviceSpec, max_batch: int
+    prefix: Path,
+    epoch: int,
+    edge: int,
+    devices: DeviceSpec,
+    max_batch: int,
+    dtype: str | None = None,
 ) -> list[Detector]:
-    """Load and warm one replica per device; raise `CheckpointError` naming a bad file."""
-    checkpoint = Checkpoint.from_prefix(prefix, epoch)
+    """Load and warm one replica per device; raise `CheckpointError` naming a bad file.
+
+    ``dtype`` is ``MODEL_DTYPE`` (see `resolve_checkpoint`); None runs the
+    checkpoint at ``prefix`` in the type it was written in.
+    """
+    checkpoint = resolve_checkpoint(prefix, epoch, dtype)
+    dtype = dtype or checkpoint_dtype(checkpoint.symbol_path)
     detectors = []
     for context in contexts_for(devices):
-        detector = Detector(checkpoint, context, edge, max_batch)
+        detector = Detector(checkpoint, context, edge, max_batch, dtype)
         try:
             detector.warm_up()
         except InferenceError as exc:
@@ -212,7 +289,13 @@ def load_detectors(
                 f"{checkpoint.symbol_path} does not run on {edge}x{edge} inputs on {context}: {exc}"
             ) from None
         detectors.append(detector)
-        log.info("model %s warmed up on %s (batches 1..%d)", prefix, context, max_batch)
+        log.info(
+            "model %s (%s) warmed up on %s (batches 1..%d)",
+            checkpoint.symbol_path,
+            dtype,
+            context,
+            max_batch,
+        )
     return detectors
 
 
@@ -324,7 +407,13 @@ def _load_symbol_block(
             warnings.simplefilter("ignore")
             net = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
             net.collect_params().load_dict(
-                weights, ctx=context, allow_missing=False, ignore_extra=False
+                weights,
+                ctx=context,
+                allow_missing=False,
+                ignore_extra=False,
+                # A quantized checkpoint stores int8 weights: keep the file's types.
+                cast_dtype=True,
+                dtype_source="saved",
             )
     except (mx.base.MXNetError, AssertionError, ValueError) as exc:
         raise CheckpointError(
@@ -332,6 +421,17 @@ def _load_symbol_block(
             f"{_first_line(str(exc))}"
         ) from None
     return net
+
+
+def _mixed_precision(net: mx.gluon.SymbolBlock, context: mx.Context) -> mx.gluon.SymbolBlock:
+    """The network converted by MXNet's AMP: float16 where it is safe, float32 elsewhere."""
+    from mxnet.contrib import amp
+
+    try:
+        converted = amp.convert_hybrid_block(net, target_dtype="float16", ctx=context)
+    except (mx.base.MXNetError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot convert the network to float16: {exc}") from None
+    return converted
 
 
 def _check_parameter_shapes(
@@ -385,9 +485,11 @@ __all__ = [
     "Detector",
     "InferenceError",
     "RawDetections",
+    "checkpoint_dtype",
     "contexts_for",
     "load_detectors",
     "network_class_count",
     "read_class_names",
+    "resolve_checkpoint",
     "to_detections",
 ]

@@ -160,3 +160,26 @@ def test_metrics_key_needs_an_api_key() -> None:
 def test_the_api_key_is_not_in_the_settings_repr() -> None:
     settings = Settings.from_env({"API_KEY": "0123456789abcdef-secret"})
     assert "0123456789abcdef-secret" not in repr(settings)
+
+
+def test_model_dtype_defaults_to_float32_and_accepts_int8_on_the_cpu() -> None:
+    assert Settings.from_env({}).model_dtype == "float32"
+    assert Settings.from_env({"MODEL_DTYPE": "INT8"}).model_dtype == "int8"
+    gpu = Settings.from_env({"MODEL_DTYPE": "float16", "MODEL_CONTEXT_GPU": "true"})
+    assert gpu.model_dtype == "float16"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_DTYPE": "float16"}, r"MODEL_DTYPE=float16: runs on a GPU only"),
+        (
+            {"MODEL_DTYPE": "int8", "MODEL_CONTEXT_GPU": "0"},
+            r"MODEL_DTYPE=int8: runs on the CPU only",
+        ),
+        ({"MODEL_DTYPE": "bfloat16"}, r"MODEL_DTYPE='bfloat16': expected float32, int8, float16"),
+    ],
+)
+def test_model_dtype_is_refused_where_it_cannot_run(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

@@ -6,11 +6,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import mxnet as mx
 import numpy as np
 import pytest
 
 from predictor.config import DeviceSpec
+from predictor.data import FixtureObject, render_fixture
+from predictor.imaging import decode, to_tensor
 from predictor.model import (
     Checkpoint,
     CheckpointError,
@@ -22,7 +25,7 @@ from predictor.model import (
     to_detections,
 )
 
-from .conftest import SMALL_CLASSES, SMALL_EDGE
+from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg
 
 CLASSES = ["cat", "dog"]
 
@@ -159,3 +162,39 @@ def test_forward_is_deterministic_and_batch_independent(detectors: list[Detector
     assert not np.allclose(together[0].scores, together[1].scores)
     with pytest.raises(ValueError):
         detector.forward([])
+
+
+def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detector]) -> None:
+    """Reduced (1/8 in the DCT) and full decoding of a 4000x3000 photo give the same boxes."""
+    detector = detectors[0]
+    fixture = render_fixture(
+        [
+            FixtureObject("3", (180, 200), 170, color=(20, 20, 20), style="font"),
+            FixtureObject("circle", (420, 180), 160, color=(30, 60, 200), style="filled"),
+            FixtureObject("7", (640, 240), 180, color=(120, 40, 10), style="hand"),
+            FixtureObject("square", (300, 440), 150, color=(40, 120, 40), style="filled"),
+        ],
+        size=(800, 600),
+        seed=5,
+        background=(235, 235, 225),
+    )
+    photo = cv2.resize(fixture.image, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    data = encode_jpeg(np.asarray(photo, dtype=np.uint8), quality=90)
+    reduced = decode(data, SMALL_EDGE, 10**9)
+    assert reduced.pixels.shape[:2] == (375, 500), "decoded at 1/8 scale"
+    full = np.asarray(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), np.uint8)
+    tensors = [to_tensor(reduced.pixels, SMALL_EDGE), to_tensor(full, SMALL_EDGE)]
+    found = [
+        sorted(
+            to_detections(raw, 4000, 3000, SMALL_EDGE, detector.classes, 0.5),
+            key=lambda d: (d.object_class, d.x),
+        )
+        for raw in detector.forward(tensors)
+    ]
+    assert found[0], "the model finds the objects"
+    assert [d.object_class for d in found[0]] == [d.object_class for d in found[1]]
+    # One network-input pixel is 13.3 x 10 pixels of this photo: allow two of them
+    # (measured: at most 4 pixels apart).
+    for a, b in zip(*found, strict=True):
+        assert abs(a.x - b.x) <= 27 and abs(a.width - b.width) <= 27, (a, b)
+        assert abs(a.y - b.y) <= 20 and abs(a.height - b.height) <= 20, (a, b)

@@ -47,13 +47,19 @@ LEVELS = {1: 150, 4: 300, 16: 600, 64: 900}
 
 
 def measure_offline(
-    prefix: Path, edge: int, files: list[Path], workers: int, repeats: int
+    prefix: Path,
+    edge: int,
+    files: list[Path],
+    workers: int,
+    repeats: int,
+    batches: tuple[int, ...] = (1, 2, 4, 8),
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Images per second without HTTP, per batch size, and single-image latency."""
     results: dict[str, Any] = {"serial": {}, "overlapped": {}}
     payloads = [path.read_bytes() for path in files]
-    for batch in (1, 2, 4, 8):
-        detector = load_detectors(prefix, 0, edge, DeviceSpec(), batch)[0]
+    for batch in batches:
+        detector = load_detectors(prefix, 0, edge, DeviceSpec(), batch, dtype)[0]
         started = time.perf_counter()
         for _ in range(repeats):
             for first in range(0, len(payloads), batch):
@@ -122,13 +128,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md, keeping the rest."""
-    block = f"{MARK_START}\n{section.rstrip()}\n{MARK_END}"
+def write_markdown(path: Path, section: str, start: str = MARK_START, end: str = MARK_END) -> None:
+    """Replace one benchmark's section of BENCHMARKS.md (between its markers), keeping the rest."""
+    block = f"{start}\n{section.rstrip()}\n{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        after = rest.split(MARK_END, 1)[1]
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
         text = before + block + after
     else:
         text = text.rstrip() + "\n\n" + block + "\n"

@@ -47,13 +47,18 @@ async def drive(
     concurrency: int,
     requests: int,
     time_limit_s: float,
+    timeout_s: float = 60.0,
 ) -> LoadResult:
-    """POST ``requests`` bodies from ``concurrency`` clients, stopping at ``time_limit_s``."""
+    """POST ``requests`` bodies from ``concurrency`` clients, stopping at ``time_limit_s``.
+
+    A request that gets no answer within ``timeout_s`` (or whose connection
+    fails) is counted under status 0 and the client goes on.
+    """
     result = LoadResult(concurrency=concurrency, wall_s=0.0)
     counter = itertools.count()
     deadline = time.monotonic() + time_limit_s
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     headers = {"Content-Type": "image/jpeg"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -64,9 +69,12 @@ async def drive(
                     return
                 body = bodies[index % len(bodies)]
                 started = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    status = response.status
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
                 result.statuses[status] += 1
                 if status == 200:

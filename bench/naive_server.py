@@ -1,0 +1,74 @@
+"""The naive baseline of `make bench-compare`: one request, one synchronous forward pass.
+
+What `predictor` replaces, in its simplest honest form: an aiohttp server
+whose handler decodes the JPEG, runs the network on that one image and
+answers, all on the event loop, with no batching and no thread pool. It uses
+the same preprocessing and model code as `predictor` (reduced JPEG decoding
+included), so the difference measured is the serving design alone.
+
+Run: ``python -m bench.naive_server --model PREFIX --edge 300`` (loopback,
+port 0 = any free port; the port is printed on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import mxnet as mx
+from aiohttp import web
+
+from predictor.imaging import ImageError, prepare
+from predictor.model import Checkpoint, Detector, to_detections
+
+DETECTOR_KEY = web.AppKey("detector", Detector)
+MAX_PIXELS = 50_000_000
+THRESHOLD = 0.5
+
+
+async def predict(request: web.Request) -> web.Response:
+    """Decode, forward, answer: one image at a time, on the event loop."""
+    detector = request.app[DETECTOR_KEY]
+    if request.content_type.lower() != "image/jpeg":
+        return web.json_response({"error": "Invalid content"}, status=400)
+    body = await request.read()
+    try:
+        image = prepare(body, detector.edge, MAX_PIXELS)
+    except ImageError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    (raw,) = detector.forward([image.tensor])
+    detections = to_detections(
+        raw, image.width, image.height, detector.edge, detector.classes, THRESHOLD
+    )
+    return web.json_response({"prediction": [d.to_json() for d in detections]})
+
+
+async def serve(detector: Detector, port: int) -> None:
+    """Serve on 127.0.0.1 until cancelled (SIGTERM ends the process)."""
+    app = web.Application(client_max_size=20 * 1024 * 1024)
+    app[DETECTOR_KEY] = detector
+    app.router.add_post("/predict", predict)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    for address in runner.addresses:
+        print(f"naive server on http://127.0.0.1:{address[1]}/predict", file=sys.stderr, flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, metavar="PREFIX")
+    parser.add_argument("--edge", required=True, type=int)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    detector = Detector(Checkpoint.from_prefix(args.model), mx.cpu(), args.edge, 1)
+    detector.warm_up()
+    asyncio.run(serve(detector, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
 
-.PHONY: setup serve test lint typecheck unit browser image-check bench soak model clean
+.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,22 @@ test: lint typecheck unit image-check
 
 bench: setup $(SHIPPED_MODEL)-symbol.json
 	$(BIN)/python -m bench.bench_server
+
+# predictor side by side with MXNet Model Server 1.1.11 (installed by the script
+# into its own venv, bench/.work/mms-venv; needs Java 17) and a naive
+# one-request-one-forward server, on the shipped model (float32 and int8) and
+# the ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section
+# of BENCHMARKS.md.
+bench-compare: setup $(SHIPPED_MODEL)-symbol.json
+	$(BIN)/python -m bench.compare --int8
+
+# MODEL_DTYPE=int8 against float32: held-out mAP and speed (bench/int8.json).
+bench-int8: setup $(SHIPPED_MODEL)-symbol.json
+	$(BIN)/python -m bench.int8_report --resnet
+
+# Where the time goes per image: stage timings and py-spy in a loaded server.
+bench-profile: setup $(SHIPPED_MODEL)-symbol.json
+	$(BIN)/python -m bench.profile_server
 
 # 20,000 requests through a real server, its RSS sampled: after warm-up it must
 # grow < 5 %. Rewrites the soak section of BENCHMARKS.md (about 10 minutes on 2

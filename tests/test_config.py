@@ -45,6 +45,7 @@ def test_every_variable_is_read() -> None:
             "PROBABILITY_MORE": "0.25",
             "MODEL_EDGE": "384",
             "MODEL_CONTEXT_GPU": "0,1",
+            "MODEL_DTYPE": "float16",
             "BATCH_MAX_SIZE": "16",
             "BATCH_MAX_DELAY_MS": "2.5",
             "QUEUE_MAX": "10",
@@ -64,6 +65,7 @@ def test_every_variable_is_read() -> None:
     assert settings.model_edge == 384
     assert settings.devices.gpus == (0, 1)
     assert settings.devices.cpu_replicas == 2
+    assert settings.model_dtype == "float16"
     assert (settings.batch_max_size, settings.batch_max_delay_ms) == (16, 2.5)
     assert (settings.queue_max, settings.max_body_bytes, settings.max_image_pixels) == (
         10,

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import mxnet as mx
 import pytest
 
 from bench.server_process import ServerProcess
@@ -181,3 +182,19 @@ def test_quantize_refuses_bad_input_clearly(
         main([*args, "--out", str(tmp_path / "q")])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith("error: no image files found")
+
+
+@pytest.mark.skipif(mx.context.num_gpus() == 0, reason="MODEL_DTYPE=float16 needs a GPU")
+def test_float16_on_a_gpu_finds_what_float32_finds(
+    small_model_prefix: Path, detectors: list[Detector]
+) -> None:
+    (half,) = load_detectors(small_model_prefix, 0, SMALL_EDGE, DeviceSpec(gpus=(0,)), 8, "float16")
+    try:
+        jpegs = fixture_scenes()
+        floats_sure, floats_lenient = (detect(detectors[0], jpegs, t) for t in (SURE, LENIENT))
+        halves_sure, halves_lenient = (detect(half, jpegs, t) for t in (SURE, LENIENT))
+        for index in range(len(jpegs)):
+            assert not unmatched(floats_sure[index], halves_lenient[index]), index
+            assert not unmatched(halves_sure[index], floats_lenient[index]), index
+    finally:
+        half.close()

@@ -57,7 +57,8 @@ ACTIVITIES = (
     ("JPEG header checks", ("jpeg_header", "_checked_header")),
     ("detections + JSON", ("to_detections", "json_response", "_strict_dumps", "dumps")),
     ("HTTP (aiohttp)", ("aiohttp",)),
-    ("batching and event loop", ("batching.py", "asyncio", "selectors")),
+    ("event loop waiting for I/O", ("select (selectors",)),
+    ("batching and event loop", ("batching.py", "asyncio")),
 )
 
 

@@ -130,6 +130,8 @@ def quantize_checkpoint(
     if checkpoint_dtype(checkpoint.symbol_path) == "int8":
         raise QuantizeError(f"{checkpoint.symbol_path} is already quantized")
     out_prefix = out_prefix or default_output(prefix)
+    # Refuse a clashing synset.txt before minutes of calibration, not after.
+    _copy_synset(checkpoint.synset_path, out_prefix.parent / "synset.txt", dry_run=True)
     files = calibration_files(calib_dir, images)
     # Whole batches only: a padded batch would add made-up activations to the ranges.
     batch_size = min(CALIBRATION_BATCH, len(files))
@@ -183,7 +185,7 @@ def quantize_checkpoint(
     return QuantizeResult(out_prefix, written.symbol_path, written.params_path, len(files), seconds)
 
 
-def _copy_synset(source: Path, target: Path) -> None:
+def _copy_synset(source: Path, target: Path, *, dry_run: bool = False) -> None:
     """Class names beside the output; refuse to overwrite different ones."""
     if target.resolve() == source.resolve():
         return
@@ -191,4 +193,5 @@ def _copy_synset(source: Path, target: Path) -> None:
         if target.read_bytes() != source.read_bytes():
             raise CheckpointError(f"{target} exists with other class names than {source}")
         return
-    shutil.copyfile(source, target)
+    if not dry_run:
+        shutil.copyfile(source, target)

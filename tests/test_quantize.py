@@ -198,3 +198,12 @@ def test_float16_on_a_gpu_finds_what_float32_finds(
             assert not unmatched(halves_sure[index], floats_lenient[index]), index
     finally:
         half.close()
+
+
+def test_quantize_refuses_to_overwrite_other_class_names_before_calibrating(
+    float_prefix: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "synset.txt").write_text("cat\ndog\n")
+    with pytest.raises(CheckpointError, match="exists with other class names"):
+        # No calibration image is even looked for: the folder does not exist.
+        quantize_checkpoint(float_prefix, tmp_path / "missing", tmp_path / "q", edge=SMALL_EDGE)

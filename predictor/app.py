@@ -2,6 +2,8 @@
 
 Every answer is JSON except /metrics, the web page (`predictor.page`) and the
 detection endpoint's drawn picture (``?render=true`` or ``Accept: image/jpeg``).
+The Open Inference Protocol v2 routes (`predictor.v2`) are registered here
+too; both protocols share the detection path of `predictor.serving`.
 Anything that is not a good request gets a 4xx with ``{"error": "..."}``; an
 unexpected fault gets a 500 with the same shape and is logged, and the server
 keeps serving. The detection endpoint reports where its time went in a
@@ -19,74 +21,52 @@ queue, decoded, and batched. From the moment the body is in, the request has
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from predictor.batching import (
-    Batcher,
-    BatchFailed,
-    DeadlineExceeded,
-    Overloaded,
-    ShuttingDown,
-)
+from predictor.batching import Batcher
 from predictor.config import Settings, parse_probability
-from predictor.imaging import ImageError, ImageTooLarge, PreparedImage, prepare
+from predictor.imaging import ImageError, ImageTooLarge, PreparedImage
 from predictor.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
-from predictor.model import Detection, Detector, RawDetections, to_detections
+from predictor.model import Detection, Detector, RawDetections
 from predictor.page import add_page_routes
 from predictor.render import render_jpeg
+from predictor.serving import (
+    BATCHER_KEY,
+    DETECTION_ROUTES_KEY,
+    DETECTORS_KEY,
+    METRICS_KEY,
+    POOL_KEY,
+    PROBE_KEY,
+    SETTINGS_KEY,
+    ReadyProbe,
+    Refused,
+    ServerTiming,
+    admit,
+    authorized,
+    deadline_from_now,
+    detect,
+    expect_continue,
+    json_error,
+    not_ready_reason,
+    refuse_from_headers,
+    route_name,
+    strict_dumps,
+    unauthorized,
+)
+from predictor.v2 import add_v2_routes
 
 log = logging.getLogger(__name__)
 
 INVALID_CONTENT = "Invalid content"
-RETRY_AFTER_S = 1
-UNAUTHORIZED = "missing or invalid API key (send Authorization: Bearer <key>)"
-# /ready runs a forward pass of its own at most this often while the model is
-# failing, so that it notices recovery when no traffic would tell it.
-READY_PROBE_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-SETTINGS_KEY = web.AppKey("settings", Settings)
-METRICS_KEY = web.AppKey("metrics", Metrics)
-BATCHER_KEY: web.AppKey[Batcher[PreparedImage, RawDetections]] = web.AppKey("batcher")
-DETECTORS_KEY: web.AppKey[list[Detector]] = web.AppKey("detectors")
-POOL_KEY = web.AppKey("preprocess_pool", ThreadPoolExecutor)
-
-
-class _ReadyProbe:
-    """At most one readiness probe at a time, and not more often than the interval."""
-
-    def __init__(self, item: PreparedImage) -> None:
-        self.item = item
-        self.task: asyncio.Task[bool] | None = None
-        self.last = -math.inf
-
-    def start(self, batcher: Batcher[PreparedImage, RawDetections]) -> None:
-        now = time.monotonic()
-        if (self.task is not None and not self.task.done()) or now - self.last < (
-            READY_PROBE_INTERVAL_S
-        ):
-            return
-        self.last = now
-        self.task = asyncio.get_running_loop().create_task(batcher.probe(self.item))
-
-
-PROBE_KEY = web.AppKey("ready_probe", _ReadyProbe)
-
-
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The error body of the contract: ``{"error": message}``."""
-    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Application:
@@ -108,7 +88,7 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
         names=[str(detector.context) for detector in detectors],
     )
     edge = settings.model_edge
-    app[PROBE_KEY] = _ReadyProbe(
+    app[PROBE_KEY] = ReadyProbe(
         PreparedImage(np.zeros((3, edge, edge), dtype=np.float32), edge, edge)
     )
     app[POOL_KEY] = ThreadPoolExecutor(
@@ -117,11 +97,14 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
     app.on_startup.append(_start_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.on_cleanup.append(_stop_pool)
-    app.router.add_post(settings.entry_point, predict, expect_handler=_expect_continue)
+    app[DETECTION_ROUTES_KEY] = {settings.entry_point}
+    app.router.add_post(settings.entry_point, predict, expect_handler=expect_continue)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_endpoint)
     add_page_routes(app, settings, detectors[0].classes if detectors else [])
+    # The Open Inference Protocol v2 beside the original contract, on the same batcher.
+    add_v2_routes(app)
     return app
 
 
@@ -151,27 +134,6 @@ async def _stop_pool(app: web.Application) -> None:
     app[POOL_KEY].shutdown(wait=False, cancel_futures=True)
 
 
-class ServerTiming:
-    """Durations of the steps of one request, for the ``Server-Timing`` header."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self._last = self.started
-        self._steps: list[tuple[str, float]] = []
-
-    def step(self, name: str) -> None:
-        """Record that step ``name`` ended now (it began where the last one ended)."""
-        now = time.perf_counter()
-        self._steps.append((name, now - self._last))
-        self._last = now
-
-    def header(self) -> str:
-        """E.g. ``read;dur=0.2, decode;dur=3.1, infer;dur=41.0, total;dur=44.5`` (ms)."""
-        total = time.perf_counter() - self.started
-        steps = [*self._steps, ("total", total)]
-        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps)
-
-
 async def predict(request: web.Request) -> web.Response:
     """POST an ``image/jpeg`` body; answer the objects found in it (JSON or a drawn JPEG)."""
     timing = ServerTiming()
@@ -183,7 +145,7 @@ async def predict(request: web.Request) -> web.Response:
 async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
     app = request.app
     settings = app[SETTINGS_KEY]
-    refusal = _refuse_from_headers(request)
+    refusal = refuse_from_headers(request)
     if refusal is not None:
         return refusal
     if request.content_type.lower() != "image/jpeg":
@@ -203,59 +165,15 @@ async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
         return json_error(400, "the body is empty; send the JPEG bytes")
     timing.step("read")
 
-    batcher = app[BATCHER_KEY]
     try:
-        admission = batcher.admit()
-    except (Overloaded, ShuttingDown) as exc:
-        return _unavailable(exc)
-    deadline = time.monotonic() + settings.request_timeout_ms / 1000.0
-    loop = asyncio.get_running_loop()
-    with admission:
-        try:
-            # Waiting for a decoding thread counts against the deadline too;
-            # an image whose deadline passed before its turn is not decoded.
-            image = await asyncio.wait_for(
-                loop.run_in_executor(
-                    app[POOL_KEY],
-                    _prepare_before,
-                    deadline,
-                    body,
-                    settings.model_edge,
-                    settings.max_image_pixels,
-                ),
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
-        except ImageTooLarge as exc:
-            return json_error(413, str(exc))
-        except ImageError as exc:
-            return json_error(400, str(exc))
-        except (TimeoutError, DeadlineExceeded):
-            # The batcher counts the images that time out in its queue; these never got there.
-            app[METRICS_KEY].deadline_exceeded.inc()
-            return _timed_out(app, "the image was not decoded in time")
-        except asyncio.CancelledError:
-            # The client went away while its image waited to be decoded (the batcher
-            # counts those that leave its queue): nothing more is done for it.
-            app[METRICS_KEY].abandoned.inc()
-            raise
-        timing.step("decode")
-        try:
-            raw = await admission.infer(image, deadline)
-        except DeadlineExceeded as exc:
-            return _timed_out(app, str(exc))
-        except BatchFailed as exc:
-            return json_error(500, f"inference failed: {exc}")
-        except ShuttingDown as exc:
-            return _unavailable(exc)
-        timing.step("infer")
-    detector = app[DETECTORS_KEY][0]
-    detections = to_detections(
-        raw, image.width, image.height, settings.model_edge, detector.classes, threshold
-    )
+        (admission,) = admit(app)
+        detections = await detect(app, admission, body, deadline_from_now(app), threshold, timing)
+    except Refused as refused:
+        return refused.response()
     if as_image:
         return await _drawn(request, body, detections, timing)
     body_json = {"prediction": [d.to_json() for d in detections]}
-    return web.json_response(body_json, dumps=_strict_dumps)
+    return web.json_response(body_json, dumps=strict_dumps)
 
 
 async def _drawn(
@@ -323,85 +241,6 @@ def _accept_quality(accept: str, media_type: str) -> float:
     return best_q
 
 
-def _prepare_before(deadline: float, body: bytes, edge: int, max_pixels: int) -> PreparedImage:
-    """`prepare`, unless the deadline passed while the image waited for this thread."""
-    if time.monotonic() >= deadline:
-        raise DeadlineExceeded("the deadline passed before decoding began")
-    return prepare(body, edge, max_pixels)
-
-
-def _unavailable(reason: Exception) -> web.Response:
-    """503 with Retry-After: the client may come back shortly."""
-    return json_error(503, str(reason), headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-def _timed_out(app: web.Application, reason: str) -> web.Response:
-    """504: the request's REQUEST_TIMEOUT_MS passed before its forward pass began."""
-    limit = app[SETTINGS_KEY].request_timeout_ms
-    return json_error(504, f"timed out after REQUEST_TIMEOUT_MS={limit:g}: {reason}")
-
-
-def authorized(request: web.Request) -> bool:
-    """True when no API key is set, or the request carries it as a Bearer token.
-
-    The comparison takes the same time wherever the first difference is, so
-    that the key cannot be guessed a character at a time from the timings.
-    """
-    key = request.app[SETTINGS_KEY].api_key
-    if key is None:
-        return True
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(token.strip().encode(), key.encode())
-
-
-def _unauthorized() -> web.Response:
-    return json_error(401, UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="predictor"'})
-
-
-def _refuse_from_headers(request: web.Request) -> web.Response | None:
-    """401 without the API key, 413 for a declared body over the limit; else None.
-
-    Both are decided from the headers alone: the body is not read, and the
-    connection is closed after the answer so that it is not read later either.
-    """
-    if not authorized(request):
-        response = _unauthorized()
-    else:
-        limit = request.app[SETTINGS_KEY].max_body_bytes
-        if request.content_length is None or request.content_length <= limit:
-            return None
-        response = json_error(413, f"the body is larger than {limit} bytes")
-    response.force_close()
-    return response
-
-
-async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """Answer ``Expect: 100-continue`` with the final refusal when the headers already earn one.
-
-    A client that asks before sending a large body (curl does above 1 MiB)
-    then never sends it. Otherwise: "100 Continue", as aiohttp would.
-    """
-    refusal = _refuse_from_headers(request)
-    if refusal is None:
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            refusal = json_error(417, "only Expect: 100-continue is understood")
-            refusal.force_close()
-        elif request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            # What was just written is not part of the answer's size.
-            request.writer.output_size = 0
-            return None
-        else:
-            return None
-    refusal.headers["Server-Timing"] = ServerTiming().header()
-    request.app[METRICS_KEY].requests.labels(
-        route=request.app[SETTINGS_KEY].entry_point, status=str(refusal.status)
-    ).inc()
-    return refusal
-
-
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "alive"})
@@ -414,12 +253,9 @@ async def ready(request: web.Request) -> web.Response:
     reason, and a probe forward pass (at most one a second) finds out when
     the device works again.
     """
-    batcher = request.app[BATCHER_KEY]
-    if not batcher.running:
-        return json_error(503, "not ready: the server is starting or shutting down")
-    if not batcher.healthy:
-        request.app[PROBE_KEY].start(batcher)
-        return json_error(503, f"not ready: the model is failing ({batcher.failure_reason})")
+    reason = not_ready_reason(request.app)
+    if reason is not None:
+        return json_error(503, reason)
     return web.json_response(
         {"status": "ready", "model": str(request.app[SETTINGS_KEY].model_prefix)}
     )
@@ -428,7 +264,7 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text exposition (behind the API key when METRICS_REQUIRE_KEY is true)."""
     if request.app[SETTINGS_KEY].metrics_require_key and not authorized(request):
-        return _unauthorized()
+        return unauthorized()
     body = request.app[METRICS_KEY].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
@@ -463,8 +299,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     metrics = request.app[METRICS_KEY]
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else "unmatched"
+    name = route_name(request)
     try:
         response = await handler(request)
     except asyncio.CancelledError:
@@ -472,12 +307,7 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
         metrics.requests.labels(route=name, status="499").inc()
         raise
     metrics.requests.labels(route=name, status=str(response.status)).inc()
-    if name == request.app[SETTINGS_KEY].entry_point and request.method == "POST":
+    if name in request.app[DETECTION_ROUTES_KEY] and request.method == "POST":
         # The entry point may be "/", where GET serves the page: time detections only.
         metrics.request_latency.observe(time.perf_counter() - started)
     return response
-
-
-def _strict_dumps(value: Any) -> str:
-    # allow_nan=False: a NaN that slipped through must fail loudly, not emit invalid JSON.
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from predictor.app import BATCHER_KEY, create_app
+from predictor.app import create_app
 from predictor.config import Settings
 from predictor.model import Detector
+from predictor.serving import BATCHER_KEY
 
 log = logging.getLogger(__name__)
 

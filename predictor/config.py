@@ -10,12 +10,15 @@ Variable             Default                  Meaning
 REST_HOST            0.0.0.0                  bind address
 REST_PORT            8080                     TCP port (0: any free port)
 REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
-                                              /ready, /metrics, /info or under /static)
+                                              /ready, /metrics, /info, or under /static or /v2)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
 MODEL_PREFIX         models/ssd300_digits_shapes
                                               checkpoint prefix: PREFIX-symbol.json,
                                               PREFIX-EPOCH.params, synset.txt beside it
 MODEL_EPOCH          0                        checkpoint epoch
+MODEL_NAME           MODEL_PREFIX's base      the model's name in the Open Inference Protocol
+                     name (shipped model:     v2 routes (/v2/models/NAME/...): letters, digits,
+                     ssd300_digits_shapes)    '_', '.', '-'; at most 128 characters
 MODEL_EDGE           300 (shipped model),     square input edge the network was trained
                      512 when MODEL_PREFIX    for
                      is set
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +70,11 @@ DEFAULT_MODEL_EDGE = 512
 # "/" is allowed: the page answers GET there, the endpoint POST.
 RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
 STATIC_PREFIX = "/static"
+# The Open Inference Protocol v2 routes (`predictor.v2`) live under this prefix.
+V2_PREFIX = "/v2"
+# A model name is one URL path segment that every v2 client can put in a URL
+# unquoted (Triton's and KServe's clients quote it, curl users do not).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # Numeric types a model may run in; see `Settings.model_dtype`.
 MODEL_DTYPES = ("float32", "int8", "float16")
@@ -101,6 +110,8 @@ class Settings:
     probability_threshold: float = 0.5
     model_prefix: Path = Path(SHIPPED_MODEL_PREFIX)
     model_epoch: int = 0
+    # None: the base name of model_prefix (see `served_model_name`).
+    model_name: str | None = None
     model_edge: int = SHIPPED_MODEL_EDGE
     devices: DeviceSpec = field(default_factory=DeviceSpec)
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
@@ -133,6 +144,11 @@ class Settings:
         reader = _EnvReader(env)
         prefix_raw = env.get("MODEL_PREFIX", "").strip()
         default_edge = DEFAULT_MODEL_EDGE if prefix_raw else SHIPPED_MODEL_EDGE
+        model_prefix = Path(prefix_raw or SHIPPED_MODEL_PREFIX)
+        unnamed: str | None = None
+        model_name = reader.get("MODEL_NAME", parse_model_name, unnamed)
+        if model_name is None:
+            model_name = _default_model_name(model_prefix)
         no_gpus: tuple[int, ...] = ()
         gpus = reader.get("MODEL_CONTEXT_GPU", _parse_gpus, no_gpus)
         no_key: str | None = None
@@ -147,8 +163,9 @@ class Settings:
             port=reader.get("REST_PORT", _int_in(0, 65535), 8080),
             entry_point=reader.get("REST_ENTRY_POINT", _parse_path, "/predict"),
             probability_threshold=reader.get("PROBABILITY_MORE", parse_probability, 0.5),
-            model_prefix=Path(prefix_raw or SHIPPED_MODEL_PREFIX),
+            model_prefix=model_prefix,
             model_epoch=reader.get("MODEL_EPOCH", _int_in(0, 9999), 0),
+            model_name=model_name,
             model_edge=reader.get("MODEL_EDGE", _int_in(32, 4096), default_edge),
             devices=DeviceSpec(
                 gpus=gpus,
@@ -171,6 +188,11 @@ class Settings:
             metrics_require_key=metrics_require_key,
             log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),
         )
+
+    @property
+    def served_model_name(self) -> str:
+        """The model's name in the v2 routes: MODEL_NAME, else the checkpoint prefix's base name."""
+        return self.model_name if self.model_name is not None else self.model_prefix.name
 
     @property
     def symbol_path(self) -> Path:
@@ -291,9 +313,31 @@ def _parse_host(raw: str) -> str:
 def _parse_path(raw: str) -> str:
     if not raw.startswith("/") or any(ch.isspace() or ch in "?#" for ch in raw):
         raise ValueError("expected a URL path starting with '/', without spaces, '?' or '#'")
-    if raw in RESERVED_PATHS or raw == STATIC_PREFIX or raw.startswith(STATIC_PREFIX + "/"):
+    if raw in RESERVED_PATHS or any(
+        raw == prefix or raw.startswith(prefix + "/") for prefix in (STATIC_PREFIX, V2_PREFIX)
+    ):
         raise ValueError(f"{raw} is reserved for the service's own endpoints and web page")
     return raw
+
+
+def parse_model_name(raw: str) -> str:
+    """A model name for the v2 routes: one URL path segment, safe unquoted."""
+    if not _MODEL_NAME.fullmatch(raw):
+        raise ValueError(
+            "expected 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return raw
+
+
+def _default_model_name(prefix: Path) -> str:
+    """MODEL_PREFIX's base name, when it is a valid model name; else start-up stops."""
+    try:
+        return parse_model_name(prefix.name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"MODEL_NAME is not set and MODEL_PREFIX's base name {prefix.name!r} is not a "
+            f"valid model name ({exc}): set MODEL_NAME"
+        ) from None
 
 
 def _parse_bool(raw: str) -> bool:

@@ -44,6 +44,8 @@ setup(
             "pyyaml",
             "types-pyyaml",
             "types-jsonschema",
+            # Open Inference Protocol v2 tests: NVIDIA's own client as the client.
+            "tritonclient[http]",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
         ],

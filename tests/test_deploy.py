@@ -40,15 +40,6 @@ KUSTOMIZATION = K8S / "kustomization.yaml"
 # kubernetes-validate knows.
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 
-# Settings the manifests set that come with work not merged yet; accepted
-# whether or not predictor/config.py documents them. Remove a name once it does.
-PENDING_SETTINGS = {
-    "MODEL_NAME": "Open Inference Protocol v2 work (the model's name in /v2/models/...)",
-}
-# Routes of the Open Inference Protocol v2 that the KServe example probes and
-# the server may not have yet: a 404 on them is accepted, any other answer
-# must be 200. Remove them here once the server has them.
-PENDING_V2_PATHS = {"/v2/health/live", "/v2/health/ready"}
 # Variables KServe itself reads from a custom predictor container.
 KSERVE_VARIABLES = {"PROTOCOL"}
 # What the manifests assume when SHUTDOWN_GRACE_S is neither set nor in Settings yet.
@@ -211,7 +202,11 @@ def test_kserve_example_speaks_v2_on_its_default_container() -> None:
     (container,) = containers(service)
     assert container["name"] == "kserve-container"  # the container KServe routes to
     assert env_of(container)["PROTOCOL"] == "v2"
-    assert "MODEL_NAME" in env_of(container)
+    # The name KServe's clients put in /v2/models/NAME/infer is the server's MODEL_NAME.
+    settings = Settings.from_env(environ={"MODEL_NAME": env_of(container)["MODEL_NAME"]})
+    assert settings.served_model_name == env_of(container)["MODEL_NAME"]
+    probes = {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
+    assert probes == {"/v2/health/ready", "/v2/health/live"}
 
 
 # ------------------------------------------------------------------ manifests vs code
@@ -223,7 +218,7 @@ def test_environment_variables_are_settings_with_valid_values(resource: Manifest
     own = KSERVE_VARIABLES if resource["kind"] == "InferenceService" else set()
     for container in containers(resource):
         env = env_of(container)
-        unknown = sorted(set(env) - documented - set(PENDING_SETTINGS) - own)
+        unknown = sorted(set(env) - documented - own)
         assert not unknown, f"not settings of the server: {unknown}"
         # The values parse: the server would start with them.
         known = {name: value for name, value in env.items() if name in documented}
@@ -264,8 +259,6 @@ async def test_probe_paths_answer_200(
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 path = container[probe]["httpGet"]["path"]
                 async with client.get(path) as response:
-                    if response.status == 404 and path in PENDING_V2_PATHS:
-                        continue
                     assert response.status == 200, f"{resource['kind']} {probe} {path}"
     # Liveness must not depend on the model: /health, not /ready.
     deployment_probes = containers(one("Deployment"))[0]

@@ -25,14 +25,7 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(MXNET_BUILD),train,dev]'
 	touch $@
 
-# Until a trained model is committed under models/, build a stand-in of the
-# right architecture so that the server can start; the export says loudly
-# that it is untrained.
-$(SHIPPED_MODEL)-symbol.json: | $(STAMP)
-	$(BIN)/predictor export --zoo ssd_300_mobilenet0.25_custom --random-init \
-		--classes 0,1,2,3,4,5,6,7,8,9,circle,square,triangle --out $(SHIPPED_MODEL)
-
-serve: setup $(SHIPPED_MODEL)-symbol.json
+serve: setup
 	$(BIN)/predictor serve
 
 # Python (ruff), both Dockerfiles (hadolint) and the shell scripts (shellcheck);
@@ -66,7 +59,7 @@ browser:
 		fi; \
 	fi
 
-unit: setup browser $(SHIPPED_MODEL)-symbol.json
+unit: setup browser
 	$(BIN)/pytest
 
 # No Docker engine runs on our machines or in CI, so the runtime image's recipe
@@ -74,12 +67,12 @@ unit: setup browser $(SHIPPED_MODEL)-symbol.json
 # dir, docker/install-runtime.sh with the image's pins (CPU build), then
 # docker/entrypoint.sh on the shipped model: /health, /ready, a JPEG, SIGTERM.
 # Part of every `make test`: 41 to 68 s on 2 busy cores here, downloads included.
-image-check: $(SHIPPED_MODEL)-symbol.json
+image-check:
 	docker/check-install.sh
 
 test: lint typecheck unit image-check
 
-bench: setup $(SHIPPED_MODEL)-symbol.json
+bench: setup
 	$(BIN)/python -m bench.bench_server
 
 # predictor side by side with MXNet Model Server 1.1.11 (installed by the script
@@ -87,21 +80,21 @@ bench: setup $(SHIPPED_MODEL)-symbol.json
 # one-request-one-forward server, on the shipped model (float32 and int8) and
 # the ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section
 # of BENCHMARKS.md.
-bench-compare: setup $(SHIPPED_MODEL)-symbol.json
+bench-compare: setup
 	$(BIN)/python -m bench.compare --int8
 
 # MODEL_DTYPE=int8 against float32: held-out mAP and speed (bench/int8.json).
-bench-int8: setup $(SHIPPED_MODEL)-symbol.json
+bench-int8: setup
 	$(BIN)/python -m bench.int8_report --resnet
 
 # Where the time goes per image: stage timings and py-spy in a loaded server.
-bench-profile: setup $(SHIPPED_MODEL)-symbol.json
+bench-profile: setup
 	$(BIN)/python -m bench.profile_server
 
 # 20,000 requests through a real server, its RSS sampled: after warm-up it must
 # grow < 5 %. Rewrites the soak section of BENCHMARKS.md (about 10 minutes on 2
 # cores). `make test` runs a 2,000-request version (tests/test_soak.py).
-soak: setup $(SHIPPED_MODEL)-symbol.json
+soak: setup
 	$(BIN)/python -m bench.soak --requests 20000
 
 # Reproduce the shipped model: data (train seed 1, validation seed 2), training,
@@ -114,7 +107,7 @@ model: setup
 	$(BIN)/predictor data synth --out $(DATASETS)/val --images 500 --seed 2 --format voc
 	$(BIN)/predictor data synth --out $(DATASETS)/test --images 500 --seed 3 --format voc
 	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out build/runs/shipped \
-		--network ssd_300_compact_custom --pretrain-epochs 3 --epochs 11 --batch-size 16 --lr 0.001 \
+		--network ssd_300_compact_custom --pretrain-epochs 3 --epochs 9 --batch-size 16 --lr 0.001 \
 		--seed 0 \
 		--export $(SHIPPED_MODEL)
 	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --data $(DATASETS)/test --edge 300 \

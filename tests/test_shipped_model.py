@@ -1,10 +1,5 @@
 """The shipped model finds what is really there: the original service's test, and an mAP floor.
 
-PENDING: pytest does not collect this file yet (its name does not start with
-``test_``). Rename it to ``tests/test_shipped_model.py`` in the commit that adds
-the trained weights of models/ssd300_digits_shapes; against the untrained
-stand-in these tests fail, as they should.
-
 These tests check WHAT is detected, so a regression anywhere between the JPEG
 bytes and the JSON boxes (colour order, normalisation, resizing, box scaling,
 orientation) fails the suite, not just a change of JSON shape.

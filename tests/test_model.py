@@ -198,3 +198,19 @@ def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detect
     for a, b in zip(*found, strict=True):
         assert abs(a.x - b.x) <= 27 and abs(a.width - b.width) <= 27, (a, b)
         assert abs(a.y - b.y) <= 20 and abs(a.height - b.height) <= 20, (a, b)
+
+
+def test_fused_cpu_graph_computes_what_the_checkpoint_says(
+    small_model_prefix: Path, detectors: list[Detector]
+) -> None:
+    """The server's oneDNN-fused graph gives the outputs of the plain exported graph."""
+    plain = mx.gluon.SymbolBlock.imports(
+        f"{small_model_prefix}-symbol.json", ["data"], f"{small_model_prefix}-0000.params"
+    )
+    rng = np.random.default_rng(1)
+    tensor = rng.normal(0, 1, (3, SMALL_EDGE, SMALL_EDGE)).astype(np.float32)
+    ids, scores, boxes = (out.asnumpy() for out in plain(mx.nd.array(tensor[None])))
+    (fused,) = detectors[0].forward([tensor])
+    assert np.array_equal(ids[0, :, 0], fused.class_ids)
+    assert np.allclose(scores[0, :, 0], fused.scores, atol=1e-5)
+    assert np.allclose(boxes[0], fused.boxes, atol=1e-2)

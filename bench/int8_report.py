@@ -89,7 +89,8 @@ def compare_model(
     offline_photos: int,
 ) -> dict[str, Any]:
     """Quantize, then accuracy (if ``held_out``) and speed of float32 and int8."""
-    out = WORK / "int8" / f"{prefix.name}-int8"
+    # One folder per model: each int8 checkpoint has its own synset.txt beside it.
+    out = WORK / "int8" / prefix.name / f"{prefix.name}-int8"
     print(f"{name}: quantizing on {calib_images} images of {calib} ...", file=sys.stderr)
     quantized = quantize_checkpoint(prefix, calib, out, edge=edge, images=calib_images)
     report: dict[str, Any] = {

@@ -59,6 +59,7 @@ from predictor.serving import (
     route_name,
     strict_dumps,
     unauthorized,
+    with_server_timing,
 )
 from predictor.v2 import add_v2_routes
 
@@ -134,15 +135,9 @@ async def _stop_pool(app: web.Application) -> None:
     app[POOL_KEY].shutdown(wait=False, cancel_futures=True)
 
 
-async def predict(request: web.Request) -> web.Response:
+@with_server_timing
+async def predict(request: web.Request, timing: ServerTiming) -> web.Response:
     """POST an ``image/jpeg`` body; answer the objects found in it (JSON or a drawn JPEG)."""
-    timing = ServerTiming()
-    response = await _predict(request, timing)
-    response.headers["Server-Timing"] = timing.header()
-    return response
-
-
-async def _predict(request: web.Request, timing: ServerTiming) -> web.Response:
     app = request.app
     settings = app[SETTINGS_KEY]
     refusal = refuse_from_headers(request)

@@ -16,11 +16,12 @@ protocols answer errors as ``{"error": "..."}``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,6 +101,24 @@ class ServerTiming:
         total = time.perf_counter() - self.started
         steps = [*self._steps, ("total", total)]
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in steps)
+
+
+TimedHandler = Callable[[web.Request, ServerTiming], Awaitable[web.Response]]
+
+
+def with_server_timing(
+    handler: TimedHandler,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler that times ``handler``'s steps into a ``Server-Timing`` header."""
+
+    @functools.wraps(handler)
+    async def timed(request: web.Request) -> web.Response:
+        timing = ServerTiming()
+        response = await handler(request, timing)
+        response.headers["Server-Timing"] = timing.header()
+        return response
+
+    return timed
 
 
 # ------------------------------------------------------------------ access and limits

@@ -76,6 +76,7 @@ from predictor.serving import (
     not_ready_reason,
     refuse_from_headers,
     strict_dumps,
+    with_server_timing,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -644,15 +645,9 @@ async def repository_control(request: web.Request) -> web.Response:
     )
 
 
-async def infer(request: web.Request) -> web.Response:
+@with_server_timing
+async def infer(request: web.Request, timing: ServerTiming) -> web.Response:
     """``POST /v2/models/NAME/infer``: detect objects in the request's images."""
-    timing = ServerTiming()
-    response = await _infer(request, timing)
-    response.headers["Server-Timing"] = timing.header()
-    return response
-
-
-async def _infer(request: web.Request, timing: ServerTiming) -> web.Response:
     app = request.app
     settings = app[SETTINGS_KEY]
     refusal = refuse_from_headers(request)

@@ -8,10 +8,12 @@ only the shape of the answer.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import mxnet as mx
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec, Settings
 from predictor.data import FixtureObject, SceneConfig, render_fixture, render_scene
 from predictor.data.synth import Scene
+from predictor.graph import fuse_for_cpu
 from predictor.imaging import ImageBGR
 from predictor.model import Detector, load_detectors
 
@@ -126,3 +129,25 @@ def make_jpeg() -> Callable[..., bytes]:
         return encode_jpeg(scene(seed, width, height))
 
     return make
+
+
+def load_symbol(prefix: Path) -> mx.sym.Symbol:
+    """The checkpoint's graph as written, no rewrite applied."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mx.sym.load(f"{prefix}-symbol.json")
+
+
+def run_symbol(
+    symbol: mx.sym.Symbol, prefix: Path, batch: npt.NDArray[np.float32]
+) -> list[npt.NDArray[np.float32]]:
+    """Outputs of ``symbol`` with the checkpoint's weights, as the server runs it (CPU, fused)."""
+    weights = {
+        name.split(":", 1)[-1]: value for name, value in mx.nd.load(f"{prefix}-0000.params").items()
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = mx.gluon.SymbolBlock(fuse_for_cpu(symbol, mx.cpu()), mx.sym.var("data"))
+    net.collect_params().load_dict(weights, ctx=mx.cpu(), cast_dtype=True, dtype_source="saved")
+    net.hybridize(static_alloc=True, static_shape=True)
+    return [out.asnumpy() for out in net(mx.nd.array(batch))]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess
@@ -31,7 +32,7 @@ from predictor.model import (
 )
 from predictor.quantize import QuantizeError, quantize_checkpoint
 
-from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg, scene
+from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg, load_symbol, run_symbol, scene
 
 CALIBRATION_IMAGES = 16
 # A detection of one model must be matched by the other's above this lower
@@ -135,6 +136,21 @@ def test_int8_finds_what_float32_finds_on_real_scenes(
             index,
             floats_lenient[index],
         )
+
+
+def test_the_int8_graph_with_the_merged_head_gives_the_same_outputs(
+    int8_prefix: Path, int8_detector: Detector
+) -> None:
+    """The head rewrite applies to quantized graphs (their head stays float32) exactly."""
+    jpegs = fixture_scenes()[:3]
+    tensors = [prepare(jpeg, SMALL_EDGE, 2**31 - 1).tensor for jpeg in jpegs]
+    ids, scores, boxes = run_symbol(load_symbol(int8_prefix), int8_prefix, np.stack(tensors))
+    served = int8_detector.forward(tensors)
+    assert (scores > 0.5).any()
+    for index, raw in enumerate(served):
+        assert np.array_equal(raw.class_ids, ids[index, :, 0])
+        assert np.array_equal(raw.scores, scores[index, :, 0])
+        assert np.array_equal(raw.boxes, boxes[index])
 
 
 def test_int8_is_served_over_http(float_prefix: Path, int8_prefix: Path) -> None:

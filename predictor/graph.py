@@ -1,0 +1,189 @@
+"""Rewrites of a loaded SSD graph that compute the same outputs with less work.
+
+Two rewrites, both applied when a checkpoint is loaded and neither written
+back to disk:
+
+- `fuse_for_cpu`: on the CPU, each convolution fused with its batch norm and
+  activation by oneDNN.
+- `merge_detection_head`: GluonCV's SSD head builds the candidate list for
+  non-maximum suppression class by class: for each of the C classes it
+  concatenates (class id, score, box) along the last axis, then concatenates
+  the C blocks. That is C + 1 concatenations over every anchor, and MXNet's
+  concatenation along a last axis of 1 to 6 values copies element by element.
+  On the shipped SSD it was 12 % of the float32 forward pass and 20 % of the
+  int8 one. The rewrite lays the same values out as (batch, 6, C * anchors)
+  with one concatenation along axis 1, where whole rows are copied, and one
+  transpose, so the suppression sees the same candidates in the same order:
+  the outputs are equal bit for bit (tested on the shipped, int8 and
+  ResNet-50 graphs).
+
+A graph that does not have the exact shape the rewrite expects is returned
+unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import mxnet as mx
+
+log = logging.getLogger(__name__)
+
+_NMS_OP = "_contrib_box_nms"
+_CONTRIB_PREFIX = "_contrib_"
+
+# A node of MXNet's symbol JSON: {"op", "name", "attrs", "inputs": [[node, output, version]]}.
+Node = dict[str, Any]
+
+
+def fuse_for_cpu(symbol: mx.sym.Symbol, context: mx.Context) -> mx.sym.Symbol:
+    """On the CPU, each convolution fused with its batch norm and activation (oneDNN).
+
+    The same arithmetic in fewer passes over memory: 5 % faster on the shipped
+    SSD, 12 % on the ResNet-50 SSD 512 (2-core AVX2 machine), outputs equal to
+    float32 rounding. Quantized graphs are fused already; GPUs use cuDNN.
+    """
+    if context.device_type != "cpu" or not mx.runtime.Features().is_enabled("MKLDNN"):
+        return symbol
+    if any(node.attr("op_name") == "_sg_mkldnn_conv" for node in symbol.get_internals()):
+        return symbol
+    try:
+        return symbol.get_backend_symbol("MKLDNN")
+    except mx.base.MXNetError:  # pragma: no cover - an MXNet without the pass
+        return symbol
+
+
+def merge_detection_head(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
+    """The symbol with GluonCV's per-class candidate concatenation done in one step.
+
+    Returns ``symbol`` itself when its head is not GluonCV's SSD head.
+    """
+    graph = json.loads(symbol.tojson())
+    nodes: list[Node] = graph["nodes"]
+    suppressions = [index for index, node in enumerate(nodes) if node["op"] == _NMS_OP]
+    if len(suppressions) != 1:
+        return symbol
+    nms = suppressions[0]
+    candidates = nodes[nms]["inputs"][0][0]
+    sources = _per_class_sources(nodes, candidates)
+    if sources is None:
+        log.debug("detection head left as it is: not GluonCV's per-class layout")
+        return symbol
+    internals = symbol.get_internals()
+    outputs = set(internals.list_outputs())
+    names = [_output_name(nodes[index]) for index in sources]
+    if not outputs.issuperset(names):  # a multi-output node names its outputs otherwise
+        return symbol
+    class_ids, scores, boxes = (internals[name] for name in names)
+    merged = _candidates(class_ids, scores, boxes, len(nodes[candidates]["inputs"]))
+    rebuilt = _rebuild_from(nodes, nms, {candidates: merged})
+    if rebuilt is None:
+        return symbol
+    heads = [rebuilt.get(head[0]) for head in graph["heads"]]
+    if any(head is None for head in heads):
+        return symbol
+    return mx.sym.Group(heads)
+
+
+def _per_class_sources(nodes: list[Node], candidates: int) -> tuple[int, int, int] | None:
+    """(class ids, scores, boxes) node indices when ``candidates`` is GluonCV's layout.
+
+    The layout: ``Concat(dim=1)`` of C blocks, block k being
+    ``Concat(dim=-1)`` of ``slice_axis(ids, -1, k, k+1)``,
+    ``slice_axis(scores, -1, k, k+1)`` and the decoded boxes.
+    """
+    outer = nodes[candidates]
+    if outer["op"] != "Concat" or outer.get("attrs", {}).get("dim") != "1":
+        return None
+    sources: tuple[int, int, int] | None = None
+    for position, (block_index, _, _) in enumerate(outer["inputs"]):
+        block = nodes[block_index]
+        if (
+            block["op"] != "Concat"
+            or block.get("attrs", {}).get("dim") != "-1"
+            or len(block["inputs"]) != 3
+        ):
+            return None
+        id_slice, score_slice, boxes = block["inputs"]
+        sliced = [_sliced_source(nodes, entry[0], position) for entry in (id_slice, score_slice)]
+        if sliced[0] is None or sliced[1] is None or boxes[1] != 0:
+            return None
+        found = (sliced[0], sliced[1], boxes[0])
+        if sources is None:
+            sources = found
+        elif found != sources:
+            return None
+    return sources
+
+
+def _sliced_source(nodes: list[Node], index: int, position: int) -> int | None:
+    """The node sliced when ``nodes[index]`` is ``slice_axis(x, -1, position, position+1)``."""
+    node = nodes[index]
+    attrs = node.get("attrs", {})
+    if node["op"] != "slice_axis" or attrs.get("axis") not in ("-1", "2"):
+        return None
+    if attrs.get("begin") != str(position) or attrs.get("end") != str(position + 1):
+        return None
+    source, output, _ = node["inputs"][0]
+    return int(source) if output == 0 else None
+
+
+def _output_name(node: Node) -> str:
+    """The name `get_internals` gives a node's single output (inputs keep their own)."""
+    return str(node["name"]) if node["op"] == "null" else f"{node['name']}_output"
+
+
+def _candidates(
+    class_ids: mx.sym.Symbol, scores: mx.sym.Symbol, boxes: mx.sym.Symbol, classes: int
+) -> mx.sym.Symbol:
+    """(batch, classes * anchors, 6) rows of (id, score, box), class-major as GluonCV's.
+
+    ``class_ids`` and ``scores`` are (batch, anchors, classes), ``boxes`` is
+    (batch, anchors, 4); built as (batch, 6, classes * anchors) then transposed.
+    """
+    ids_row = mx.sym.transpose(class_ids, axes=(0, 2, 1)).reshape((0, 1, -1))
+    scores_row = mx.sym.transpose(scores, axes=(0, 2, 1)).reshape((0, 1, -1))
+    per_class_boxes = mx.sym.broadcast_axis(
+        mx.sym.expand_dims(mx.sym.transpose(boxes, axes=(0, 2, 1)), axis=2),
+        axis=2,
+        size=classes,
+    )
+    box_rows = per_class_boxes.reshape((0, 0, -1))
+    planar = mx.sym.concat(ids_row, scores_row, box_rows, dim=1)
+    return mx.sym.transpose(planar, axes=(0, 2, 1))
+
+
+def _rebuild_from(
+    nodes: list[Node], start: int, built: dict[int, mx.sym.Symbol]
+) -> dict[int, mx.sym.Symbol] | None:
+    """Recreate ``nodes[start:]`` that depend on ``built``, over the replacements in it.
+
+    None when a node there also reads something outside ``built`` (the tail
+    of GluonCV's head reads only the suppression's output).
+    """
+    for index in range(start, len(nodes)):
+        node = nodes[index]
+        inputs = [entry[0] for entry in node["inputs"]]
+        if index != start and not any(source in built for source in inputs):
+            continue
+        if any(source not in built for source in inputs):
+            return None
+        operator = _operator(node["op"])
+        if operator is None:
+            return None
+        built[index] = operator(
+            *(built[source] for source in inputs), name=node["name"], **node.get("attrs", {})
+        )
+    return built
+
+
+def _operator(name: str) -> Callable[..., mx.sym.Symbol] | None:
+    """The ``mx.sym`` function for an operator name of the JSON (contrib ones included)."""
+    if name.startswith(_CONTRIB_PREFIX):
+        found = getattr(mx.sym.contrib, name.removeprefix(_CONTRIB_PREFIX), None)
+    else:
+        found = getattr(mx.sym, name, None)
+    return found if callable(found) else None

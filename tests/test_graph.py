@@ -1,0 +1,89 @@
+"""Graph rewrites at load time (`predictor.graph`): the same outputs bit for bit, less work."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from predictor.graph import merge_detection_head
+from predictor.imaging import prepare
+
+from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, run_symbol, scene
+
+
+def operator_counts(symbol: mx.sym.Symbol) -> Counter[str]:
+    return Counter(node["op"] for node in json.loads(symbol.tojson())["nodes"])
+
+
+def scenes_and_noise(count: int) -> npt.NDArray[np.float32]:
+    """``count`` network inputs: real scenes (objects to find, so suppression has
+    work), the last one pure noise when there are several."""
+    scenes = max(1, count - 1)
+    tensors = [
+        prepare(encode_jpeg(scene(seed)), SMALL_EDGE, 2**31 - 1).tensor for seed in range(scenes)
+    ]
+    noise = np.random.default_rng(0).normal(0, 1, (3, SMALL_EDGE, SMALL_EDGE)).astype(np.float32)
+    return np.stack(tensors + [noise] * (count - scenes))
+
+
+def test_the_merged_head_needs_a_few_concatenations_not_one_per_class(
+    small_model_prefix: Path,
+) -> None:
+    symbol = load_symbol(small_model_prefix)
+    merged = merge_detection_head(symbol)
+    before, after = operator_counts(symbol), operator_counts(merged)
+    # GluonCV: 12 per-class blocks + their concatenation + the class ids + the
+    # 3 (class, box, anchor) predictions; merged: the 3 predictions + 1.
+    assert before["Concat"] == 17
+    assert after["Concat"] == 4
+    assert after["_contrib_box_nms"] == 1
+    assert merged.list_outputs() == symbol.list_outputs()
+    assert merged.list_arguments() == symbol.list_arguments()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_the_merged_head_gives_the_same_detections_bit_for_bit(
+    small_model_prefix: Path, batch_size: int
+) -> None:
+    symbol = load_symbol(small_model_prefix)
+    batch = scenes_and_noise(batch_size)
+    plain = run_symbol(symbol, small_model_prefix, batch)
+    merged = run_symbol(merge_detection_head(symbol), small_model_prefix, batch)
+    assert (plain[1] > 0.5).any(), "the scenes have objects the model finds"
+    for a, b in zip(plain, merged, strict=True):
+        assert a.shape == b.shape
+        assert np.array_equal(a, b)
+
+
+def test_a_graph_without_gluoncvs_head_is_left_as_it_is() -> None:
+    data = mx.sym.var("data")
+    features = mx.sym.Convolution(data, num_filter=4, kernel=(3, 3), name="conv")
+    assert merge_detection_head(features) is features
+    # Suppression over one concatenation that is not per class.
+    rows = mx.sym.concat(mx.sym.var("a"), mx.sym.var("b"), dim=1)
+    suppressed = mx.sym.contrib.box_nms(rows, overlap_thresh=0.5)
+    assert merge_detection_head(suppressed) is suppressed
+
+
+def test_per_class_blocks_out_of_order_are_left_as_they_are() -> None:
+    """Block k must slice class k, or the merged order would differ."""
+    ids, scores, boxes = mx.sym.var("ids"), mx.sym.var("scores"), mx.sym.var("boxes")
+    blocks = [
+        mx.sym.concat(
+            mx.sym.slice_axis(ids, axis=-1, begin=k, end=k + 1),
+            mx.sym.slice_axis(scores, axis=-1, begin=k, end=k + 1),
+            boxes,
+            dim=-1,
+        )
+        for k in (1, 0)
+    ]
+    suppressed = mx.sym.contrib.box_nms(mx.sym.concat(*blocks, dim=1), overlap_thresh=0.5)
+    assert merge_detection_head(suppressed) is suppressed
+    in_order = mx.sym.contrib.box_nms(mx.sym.concat(*blocks[::-1], dim=1), overlap_thresh=0.5)
+    assert operator_counts(merge_detection_head(in_order))["Concat"] == 1

@@ -25,7 +25,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from aiohttp import web
@@ -61,6 +60,7 @@ from predictor.serving import (
     unauthorized,
     with_server_timing,
 )
+from predictor.threads import preprocess_pool
 from predictor.v2 import add_v2_routes
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,7 @@ def create_app(settings: Settings, detectors: Sequence[Detector]) -> web.Applica
     app[PROBE_KEY] = ReadyProbe(
         PreparedImage(np.zeros((3, edge, edge), dtype=np.float32), edge, edge)
     )
-    app[POOL_KEY] = ThreadPoolExecutor(
-        max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
-    )
+    app[POOL_KEY] = preprocess_pool(settings.preprocess_workers, settings.preprocess_nice)
     app.on_startup.append(_start_batcher)
     app.on_shutdown.append(_stop_batcher)
     app.on_cleanup.append(_stop_pool)

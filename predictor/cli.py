@@ -303,6 +303,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         threshold,
         settings.max_image_pixels,
         settings.preprocess_workers,
+        settings.preprocess_nice,
     )
     for result in tqdm(results, total=len(files), unit="img", file=sys.stderr):
         sys.stdout.write(result.to_json_line() + "\n")

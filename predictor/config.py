@@ -37,6 +37,9 @@ MAX_BODY_BYTES       20971520 (20 MiB)        larger bodies get 413
 MAX_IMAGE_PIXELS     50000000                 larger images (read from the JPEG header,
                                               before decoding) get 413
 PREPROCESS_WORKERS   number of CPU cores      threads decoding and resizing images
+PREPROCESS_NICE      10                       how much lower than the forward pass those
+                                              threads' CPU priority is (Linux nice steps,
+                                              0-19; 0: the same); see predictor/threads.py
 REQUEST_TIMEOUT_MS   10000                    longest an image may wait, from the moment its
                                               body has arrived, for its forward pass to
                                               begin (decoding included); past it: 504 and
@@ -122,6 +125,8 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     preprocess_workers: int = max(1, os.cpu_count() or 1)
+    # Decoding gives way to the forward pass's OpenMP team (predictor/threads.py).
+    preprocess_nice: int = 10
     request_timeout_ms: float = 10_000.0
     shutdown_grace_s: float = 8.0
     # repr=False: the key must never reach a log line, an error message or a traceback.
@@ -180,6 +185,7 @@ class Settings:
             preprocess_workers=reader.get(
                 "PREPROCESS_WORKERS", _int_in(1, 256), max(1, os.cpu_count() or 1)
             ),
+            preprocess_nice=reader.get("PREPROCESS_NICE", _int_in(0, 19), 10),
             request_timeout_ms=reader.get(
                 "REQUEST_TIMEOUT_MS", _float_in(1.0, 3_600_000.0), 10_000.0
             ),

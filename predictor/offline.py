@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from predictor.imaging import ImageError, PreparedImage, prepare
 from predictor.model import Detection, Detector, to_detections
 from predictor.render import draw_detections
+from predictor.threads import preprocess_pool
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -55,10 +56,14 @@ def detect_files(
     threshold: float,
     max_image_pixels: int,
     workers: int,
+    nice: int = 0,
 ) -> Iterator[FileResult]:
-    """Detect objects in every file, batching forwards; yields results in input order."""
+    """Detect objects in every file, batching forwards; yields results in input order.
+
+    ``nice``: how much lower the decoding threads' CPU priority is (`predictor.threads`).
+    """
     batch_size = detector.max_batch
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with preprocess_pool(workers, nice, "decode") as pool:
 
         def load(path: Path) -> PreparedImage:
             data = path.read_bytes()

@@ -52,6 +52,7 @@ def test_every_variable_is_read() -> None:
             "MAX_BODY_BYTES": "2048",
             "MAX_IMAGE_PIXELS": "1000",
             "PREPROCESS_WORKERS": "3",
+            "PREPROCESS_NICE": "0",
             "MODEL_CPU_REPLICAS": "2",
             "REQUEST_TIMEOUT_MS": "250",
             "SHUTDOWN_GRACE_S": "2.5",
@@ -73,6 +74,7 @@ def test_every_variable_is_read() -> None:
         1000,
     )
     assert settings.preprocess_workers == 3
+    assert settings.preprocess_nice == 0
     assert (settings.request_timeout_ms, settings.shutdown_grace_s) == (250.0, 2.5)
     assert settings.api_key == "0123456789abcdef-key"
     assert settings.metrics_require_key is True
@@ -84,6 +86,7 @@ def test_robustness_defaults() -> None:
     assert settings.request_timeout_ms == 10_000.0
     assert settings.shutdown_grace_s == 8.0
     assert settings.api_key is None and settings.metrics_require_key is False
+    assert settings.preprocess_nice == 10
 
 
 @pytest.mark.parametrize(
@@ -122,6 +125,9 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("SHUTDOWN_GRACE_S", "-1"),
         ("SHUTDOWN_GRACE_S", "nan"),
         ("METRICS_REQUIRE_KEY", "maybe"),
+        ("PREPROCESS_NICE", "-1"),
+        ("PREPROCESS_NICE", "20"),
+        ("PREPROCESS_NICE", "low"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

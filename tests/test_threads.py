@@ -1,0 +1,79 @@
+"""The preprocessing pool runs below the forward pass's CPU priority (`predictor.threads`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bench.server_process import ServerProcess
+from predictor.threads import lower_priority, preprocess_pool
+
+from .conftest import SMALL_EDGE, encode_jpeg, scene
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's"
+)
+
+
+def own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_pool_threads_are_lowered_and_the_caller_is_not() -> None:
+    before = own_nice()
+    with preprocess_pool(2, 5) as pool:
+        seen = set(pool.map(lambda _: own_nice(), range(20)))
+    assert seen == {min(19, before + 5)}
+    assert own_nice() == before
+
+
+def test_nothing_changes_at_zero_and_the_value_stops_at_19() -> None:
+    with preprocess_pool(1, 0) as pool:
+        assert pool.submit(own_nice).result() == own_nice()
+
+    def lowered_twice() -> int:
+        assert lower_priority(15)
+        assert lower_priority(15)
+        return own_nice()
+
+    worker = preprocess_pool(1, 0)
+    assert worker.submit(lowered_twice).result() == 19
+    worker.shutdown()
+
+
+def thread_nice_values(pid: int) -> dict[int, int]:
+    """Nice value of every thread of process ``pid``, from /proc (field 19 of stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        values[int(task.name)] = int(fields[16])
+    return values
+
+
+@pytest.mark.parametrize("nice", [7, 0])
+def test_the_server_decodes_at_preprocess_nice(small_model_prefix: Path, nice: int) -> None:
+    env = {
+        "MODEL_PREFIX": str(small_model_prefix),
+        "MODEL_EDGE": str(SMALL_EDGE),
+        "BATCH_MAX_SIZE": "2",
+        "PREPROCESS_WORKERS": "2",
+        "PREPROCESS_NICE": str(nice),
+    }
+    with ServerProcess(env) as server:
+        for seed in range(4):  # the pool starts its threads on demand
+            status, payload = server.request("/predict", encode_jpeg(scene(seed)))
+            assert status == 200, payload
+        values = thread_nice_values(server.process.pid)
+    base = values[server.process.pid]
+    lowered = [tid for tid, value in values.items() if value == min(19, base + nice)]
+    others = [tid for tid, value in values.items() if value == base]
+    if nice:
+        assert 1 <= len(lowered) <= 2, values
+        assert server.process.pid in others  # the event loop's thread keeps its priority
+    else:
+        assert set(values.values()) == {base}

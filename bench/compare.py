@@ -42,8 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from bench.bench_server import machine, measure_offline, write_markdown
 from bench.loadgen import LoadResult, drive
 from bench.mms import ModelServer
@@ -74,6 +72,9 @@ class ModelCase:
     offline_batches: tuple[int, ...]
     offline_photos: int
     offline_repeats: int
+    # Passes over all contenders, each in a rotated order; a contender's runs at
+    # one level are pooled. More than one where contenders are within noise.
+    rounds: int = 1
 
 
 SMALL = ModelCase(
@@ -97,6 +98,7 @@ RESNET = ModelCase(
     offline_batches=(1, 2, 4),
     offline_photos=6,
     offline_repeats=1,
+    rounds=2,
 )
 
 
@@ -264,12 +266,18 @@ def measure_case(
         "batch": offline["best_batch"],
         "levels": case.levels,
         "time_limit_s": case.time_limit_s,
+        "rounds": case.rounds,
     }
     bodies = [path.read_bytes() for path in files]
     rows = offline_rows(case, dtype, offline)
+    runs: dict[str, list[list[LoadResult]]] = {name: [] for name in contenders}
+    for round_index in range(case.rounds):
+        shift = round_index % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            with contender(name, case, prefix, offline["best_batch"], dtype) as url:
+                runs[name].append(run_levels(url, bodies, case, f"{name} {dtype}"))
     for name in contenders:
-        with contender(name, case, prefix, offline["best_batch"], dtype) as url:
-            results = run_levels(url, bodies, case, f"{name} {dtype}")
+        results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[name], strict=True)]
         rows += rows_for(case, name, dtype, results)
         details[f"{case.name}/{dtype}"][name] = {
             str(r.concurrency): {"requests": sum(r.statuses.values()), "statuses": r.statuses}
@@ -421,7 +429,13 @@ def render_section(
             "",
             f"Offline limit **{detail['offline']['limit_rps']:.2f} images/s** "
             f"({detail['offline']['limit_mode']}); batch size for the servers: "
-            f"{detail['batch']}; per level at most {detail['time_limit_s']:g} s.",
+            f"{detail['batch']}; per level at most {detail['time_limit_s']:g} s"
+            + (
+                f"; {detail['rounds']} rounds over the contenders in rotated order, "
+                "each contender's runs at a level pooled (requests and times added)."
+                if detail.get("rounds", 1) > 1
+                else "."
+            ),
             "",
             "| concurrency | contender | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
             "|---:|---|---:|---:|---:|---:|",
@@ -520,7 +534,6 @@ def main() -> None:
     contenders = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
     if args.smoke:
         chosen = [shrink(case) for case in chosen]
-    cv2.setNumThreads(1)
     files = make_photos(WORK / "photos", args.photos)
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}

@@ -36,6 +36,15 @@ class LoadResult:
         """Successful answers per second of wall time."""
         return self.ok / self.wall_s if self.wall_s > 0 else 0.0
 
+    @classmethod
+    def pooled(cls, runs: Sequence[LoadResult]) -> LoadResult:
+        """Several runs at one concurrency as one: their requests and wall times added up."""
+        pooled = cls(runs[0].concurrency, sum(run.wall_s for run in runs))
+        for run in runs:
+            pooled.latencies_ms.extend(run.latencies_ms)
+            pooled.statuses.update(run.statuses)
+        return pooled
+
     def percentile_ms(self, q: float) -> float:
         """Latency percentile of successful requests."""
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")

@@ -46,6 +46,7 @@ from bench.bench_server import machine, measure_offline, write_markdown
 from bench.loadgen import LoadResult, drive
 from bench.mms import ModelServer
 from bench.photos import make_photos
+from bench.plain_model import MODEL_CODES
 from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 
@@ -72,6 +73,7 @@ class ModelCase:
     offline_batches: tuple[int, ...]
     offline_photos: int
     offline_repeats: int
+    offline_confirm: int  # passes re-measuring the best offline configuration
     # Passes over all contenders, each in a rotated order; a contender's runs at
     # one level are pooled. More than one where contenders are within noise.
     rounds: int = 1
@@ -87,6 +89,7 @@ SMALL = ModelCase(
     offline_batches=(1, 2, 4, 8),
     offline_photos=24,
     offline_repeats=2,
+    offline_confirm=8,
 )
 RESNET = ModelCase(
     name="ssd_512_resnet50_v1_coco",
@@ -98,6 +101,7 @@ RESNET = ModelCase(
     offline_batches=(1, 2, 4),
     offline_photos=6,
     offline_repeats=1,
+    offline_confirm=2,
     rounds=2,
 )
 
@@ -107,8 +111,9 @@ class NaiveServer:
 
     _LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+)/predict")
 
-    def __init__(self, prefix: Path, edge: int) -> None:
+    def __init__(self, prefix: Path, edge: int, model_code: str) -> None:
         command = [sys.executable, "-m", "bench.naive_server", "--model", str(prefix)]
+        command += ["--model-code", model_code]
         self.process = subprocess.Popen(
             [*command, "--edge", str(edge)],
             cwd=ROOT,
@@ -152,7 +157,9 @@ class NaiveServer:
 
 
 @contextmanager
-def contender(name: str, case: ModelCase, prefix: Path, batch: int, dtype: str) -> Iterator[str]:
+def contender(
+    name: str, case: ModelCase, prefix: Path, batch: int, dtype: str, model_code: str
+) -> Iterator[str]:
     """Start one contender's server; yield its detection URL; always stop it."""
     if name == "predictor":
         env = {
@@ -168,13 +175,13 @@ def contender(name: str, case: ModelCase, prefix: Path, batch: int, dtype: str) 
         with ServerProcess(env) as server:
             yield server.url + "/predict"
     elif name == "naive":
-        naive = NaiveServer(prefix, case.edge)
+        naive = NaiveServer(prefix, case.edge, model_code)
         try:
             yield naive.url
         finally:
             naive.stop()
     elif name == "mms":
-        with ModelServer(prefix, case.edge, batch, BATCH_DELAY_MS) as mms:
+        with ModelServer(prefix, case.edge, batch, BATCH_DELAY_MS, model_code=model_code) as mms:
             yield mms.url
     else:
         raise ValueError(name)
@@ -243,6 +250,7 @@ def measure_case(
     files: list[Path],
     contenders: tuple[str, ...],
     details: dict[str, Any],
+    baseline_model: str,
 ) -> list[dict[str, Any]]:
     """Offline limit, then each contender's server under load."""
     print(f"{case.name} ({dtype}): offline limit ...", file=sys.stderr, flush=True)
@@ -254,6 +262,7 @@ def measure_case(
         case.offline_repeats,
         case.offline_batches,
         dtype,
+        case.offline_confirm,
     )
     print(
         f"  limit {offline['limit_rps']:.2f} images/s ({offline['limit_mode']}), "
@@ -274,7 +283,8 @@ def measure_case(
     for round_index in range(case.rounds):
         shift = round_index % len(contenders)
         for name in contenders[shift:] + contenders[:shift]:
-            with contender(name, case, prefix, offline["best_batch"], dtype) as url:
+            batch = offline["best_batch"]
+            with contender(name, case, prefix, batch, dtype, baseline_model) as url:
                 runs[name].append(run_levels(url, bodies, case, f"{name} {dtype}"))
     for name in contenders:
         results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[name], strict=True)]
@@ -415,9 +425,19 @@ def render_section(
         "closed-loop clients in the benchmark's own process, each server alone in its own "
         "process on loopback, after a warm-up. predictor and MMS batch up to the best offline "
         f"batch size with a {BATCH_DELAY_MS} ms delay; MMS 1.1.11 (Java 17) runs one worker "
-        "with `bench/mms_handler.py` (predictor's own decoding and model code); the naive "
-        "server runs one synchronous forward per request (`bench/naive_server.py`). "
-        "Offline: the best of decode + forward without HTTP (p50 there = one image alone).",
+        "with `bench/mms_handler.py`; the naive server runs one synchronous forward per "
+        "request (`bench/naive_server.py`). Both use predictor's decoding and detection code; "
+        + (
+            "they run the checkpoint as MXNet's documentation shows (`bench/plain_model.py`: "
+            "`SymbolBlock.imports`, hybridized with static memory), predictor with its "
+            "load-time graph rewrites (`predictor/graph.py`). "
+            if meta["baseline_model"] == "plain"
+            else "they run the checkpoint through predictor's own model code, graph rewrites "
+            "included, so only the serving machinery differs. "
+        )
+        + "Offline: predictor's decode + forward without HTTP, the best of batch sizes and "
+        "serial or overlapped decoding, that best re-measured on its own (p50 there = one "
+        "image alone).",
         "",
         "![throughput and latency vs concurrency](bench/compare.png)",
         "",
@@ -519,6 +539,12 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     parser.add_argument("--int8", action="store_true", help="also the int8 shipped model")
     parser.add_argument(
+        "--baseline-model",
+        choices=MODEL_CODES,
+        default="plain",
+        help="how MMS and the naive server run the checkpoint (bench/plain_model.py)",
+    )
+    parser.add_argument(
         "--calib", type=Path, default=ROOT / "build" / "datasets" / "train", help="for --int8"
     )
     parser.add_argument("--calib-images", type=int, default=300)
@@ -540,17 +566,24 @@ def main() -> None:
     for case in chosen:
         if case.prefix == RESNET_PREFIX:
             ensure_resnet()
-        rows += measure_case(case, case.prefix, "float32", files, contenders, details)
+        rows += measure_case(
+            case, case.prefix, "float32", files, contenders, details, args.baseline_model
+        )
     if args.int8 and any(case.name == SMALL.name for case in chosen):
         ensure_int8(args.calib, args.calib_images)
         small = next(case for case in chosen if case.name == SMALL.name)
-        rows += measure_case(small, INT8_PREFIX, "int8", files, ("predictor",), details)
+        rows += measure_case(
+            small, INT8_PREFIX, "int8", files, ("predictor",), details, args.baseline_model
+        )
     command = "make bench-compare" if not args.smoke else "python -m bench.compare --smoke"
+    if args.baseline_model != "plain":
+        command += f" (--baseline-model {args.baseline_model})"
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "photos": len(files),
         "command": command,
+        "baseline_model": args.baseline_model,
     }
     args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     plot(rows, args.png)
@@ -572,6 +605,7 @@ def shrink(case: ModelCase) -> ModelCase:
         offline_batches=(1, 2),
         offline_photos=2,
         offline_repeats=1,
+        offline_confirm=1,
     )
 
 

@@ -85,7 +85,8 @@ class ModelServer:
     """MMS serving one checkpoint with its own batching; a context manager that always stops it.
 
     ``prefix`` is the checkpoint (``PREFIX-symbol.json``, ``-0000.params``,
-    ``synset.txt`` beside it), run by `bench.mms_handler` at ``edge``.
+    ``synset.txt`` beside it), run by `bench.mms_handler` at ``edge``, with
+    ``model_code`` "plain" or "predictor" (see `bench.plain_model`).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class ModelServer:
         max_batch_delay_ms: int,
         workers: int = 1,
         response_timeout_s: int = 600,
+        model_code: str = "plain",
     ) -> None:
         self.prefix = prefix
+        self.model_code = model_code
         self.edge = edge
         self.batch_size = batch_size
         self.max_batch_delay_ms = max_batch_delay_ms
@@ -212,6 +215,7 @@ class ModelServer:
             "prefix_name": name,
             "edge": self.edge,
             "batch_size": self.batch_size,
+            "model_code": self.model_code,
         }
         (staging / "handler_config.json").write_text(json.dumps(handler_config), encoding="utf-8")
 

@@ -7,10 +7,11 @@ batching (``batch_size``, ``max_batch_delay``) collected: one dict per
 request, the raw body under ``body``. It must answer a list of the same
 length.
 
-Decoding, preprocessing, the forward pass and the box mapping are
-`predictor`'s own (imported from the repository named in
-``handler_config.json`` beside this file), so that the comparison measures
-the serving machinery, not different image code.
+Decoding, preprocessing and the box mapping are `predictor`'s own (imported
+from the repository named in ``handler_config.json`` beside this file); the
+checkpoint runs as MXNet's documentation shows (`bench.plain_model`), or
+through predictor's own model code when the configuration says
+``"model_code": "predictor"``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class SSDHandler:
         config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         # The worker runs MMS's venv: predictor comes from the repository itself.
         sys.path.insert(0, config["repo_root"])
-        import mxnet as mx
-
-        from predictor.model import Checkpoint, Detector
+        from bench.plain_model import load_baseline_model
 
         self.edge = int(config["edge"])
-        checkpoint = Checkpoint.from_prefix(model_dir / config["prefix_name"])
-        self.detector = Detector(checkpoint, mx.cpu(), self.edge, int(config["batch_size"]))
-        self.detector.warm_up()
+        self.detector = load_baseline_model(
+            config.get("model_code", "plain"),
+            model_dir / config["prefix_name"],
+            self.edge,
+            int(config["batch_size"]),
+        )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         """Detections for each request of the batch, as the contract's JSON."""

@@ -3,8 +3,9 @@
 What `predictor` replaces, in its simplest honest form: an aiohttp server
 whose handler decodes the JPEG, runs the network on that one image and
 answers, all on the event loop, with no batching and no thread pool. It uses
-the same preprocessing and model code as `predictor` (reduced JPEG decoding
-included), so the difference measured is the serving design alone.
+`predictor`'s preprocessing (reduced JPEG decoding included) and runs the
+checkpoint as MXNet's documentation shows (`bench.plain_model`), or with
+``--model-code predictor`` through predictor's own model code.
 
 Run: ``python -m bench.naive_server --model PREFIX --edge 300`` (loopback,
 port 0 = any free port; the port is printed on stderr).
@@ -17,13 +18,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-import mxnet as mx
 from aiohttp import web
 
+from bench.plain_model import MODEL_CODES, BaselineModel, load_baseline_model
 from predictor.imaging import ImageError, prepare
-from predictor.model import Checkpoint, Detector, to_detections
+from predictor.model import to_detections
 
-DETECTOR_KEY = web.AppKey("detector", Detector)
+DETECTOR_KEY = web.AppKey("detector", BaselineModel)
 MAX_PIXELS = 50_000_000
 THRESHOLD = 0.5
 
@@ -45,7 +46,7 @@ async def predict(request: web.Request) -> web.Response:
     return web.json_response({"prediction": [d.to_json() for d in detections]})
 
 
-async def serve(detector: Detector, port: int) -> None:
+async def serve(detector: BaselineModel, port: int) -> None:
     """Serve on 127.0.0.1 until cancelled (SIGTERM ends the process)."""
     app = web.Application(client_max_size=20 * 1024 * 1024)
     app[DETECTOR_KEY] = detector
@@ -64,9 +65,9 @@ def main() -> None:
     parser.add_argument("--model", required=True, type=Path, metavar="PREFIX")
     parser.add_argument("--edge", required=True, type=int)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model-code", choices=MODEL_CODES, default="plain")
     args = parser.parse_args()
-    detector = Detector(Checkpoint.from_prefix(args.model), mx.cpu(), args.edge, 1)
-    detector.warm_up()
+    detector = load_baseline_model(args.model_code, args.model, args.edge, 1)
     asyncio.run(serve(detector, args.port))
 
 

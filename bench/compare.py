@@ -75,7 +75,8 @@ class ModelCase:
     offline_repeats: int
     offline_confirm: int  # passes re-measuring the best offline configuration
     # Passes over all contenders, each in a rotated order; a contender's runs at
-    # one level are pooled. More than one where contenders are within noise.
+    # one level are pooled, so that a slow stretch of a shared machine does not
+    # fall on one contender only.
     rounds: int = 1
 
 
@@ -90,6 +91,7 @@ SMALL = ModelCase(
     offline_photos=24,
     offline_repeats=2,
     offline_confirm=8,
+    rounds=2,
 )
 RESNET = ModelCase(
     name="ssd_512_resnet50_v1_coco",

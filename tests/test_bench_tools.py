@@ -38,9 +38,7 @@ def test_the_plain_baseline_finds_what_predictor_finds(
         confident = a.scores > 0.05
         assert np.array_equal(a.class_ids[confident], b.class_ids[confident])
         assert np.allclose(a.boxes[confident], b.boxes[confident], atol=1e-2)
-        found += len(
-            to_detections(a, image.width, image.height, SMALL_EDGE, plain.classes, 0.5)
-        )
+        found += len(to_detections(a, image.width, image.height, SMALL_EDGE, plain.classes, 0.5))
     assert found >= 3, "the scenes hold objects"
 
 

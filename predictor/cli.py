@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from predictor.config import ConfigError, Settings, parse_probability
 from predictor.data.cli import add_data_parser
+from predictor.threads import configure_openmp
 from predictor.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -209,6 +210,8 @@ def _load(settings: Settings) -> list[Detector]:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    if settings.model_cpu_threads is not None:
+        configure_openmp(settings.model_cpu_threads)
     _configure_logging(settings.log_level)
     from predictor.server import serve
 
@@ -275,8 +278,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from predictor.offline import detect_files, find_images, write_drawing
-
     # Flags stand in for the environment variables of the same meaning.
     overrides = {
         "MODEL_PREFIX": args.model,
@@ -286,6 +287,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
         overrides={name: str(value) for name, value in overrides.items() if value is not None}
     )
+    if settings.model_cpu_threads is not None:
+        configure_openmp(settings.model_cpu_threads)
+    from predictor.offline import detect_files, find_images, write_drawing
+
     _configure_logging("WARNING")
     missing = [p for p in args.paths if not p.exists()]
     if missing:

@@ -25,6 +25,9 @@ MODEL_EDGE           300 (shipped model),     square input edge the network was 
 MODEL_CONTEXT_GPU    false                    true: GPU 0; "0,1": those GPUs, one model
                                               replica each; false: the CPU
 MODEL_CPU_REPLICAS   1                        model replicas on the CPU (not with GPUs)
+MODEL_CPU_THREADS    (MXNet's: half the CPUs) OpenMP threads of each CPU forward pass;
+                                              the cores for a network whose forward pass
+                                              is most of the work (see predictor/threads.py)
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
                                               mixed precision, AMP)
@@ -117,6 +120,8 @@ class Settings:
     model_name: str | None = None
     model_edge: int = SHIPPED_MODEL_EDGE
     devices: DeviceSpec = field(default_factory=DeviceSpec)
+    # None: MXNet's default, half the CPUs (predictor/threads.py says when to set it).
+    model_cpu_threads: int | None = None
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
     model_dtype: str = "float32"
     batch_max_size: int = 8
@@ -162,6 +167,7 @@ class Settings:
         if metrics_require_key and api_key is None:
             raise ConfigError("METRICS_REQUIRE_KEY=true: needs API_KEY to be set")
         model_dtype = reader.get("MODEL_DTYPE", _parse_dtype, "float32")
+        no_threads: int | None = None
         _check_dtype_device(model_dtype, gpus)
         return cls(
             host=reader.get("REST_HOST", _parse_host, "0.0.0.0"),
@@ -176,6 +182,7 @@ class Settings:
                 gpus=gpus,
                 cpu_replicas=reader.get("MODEL_CPU_REPLICAS", _int_in(1, 64), 1),
             ),
+            model_cpu_threads=reader.get("MODEL_CPU_THREADS", _int_in(1, 1024), no_threads),
             model_dtype=model_dtype,
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),

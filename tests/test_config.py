@@ -53,6 +53,7 @@ def test_every_variable_is_read() -> None:
             "MAX_IMAGE_PIXELS": "1000",
             "PREPROCESS_WORKERS": "3",
             "PREPROCESS_NICE": "0",
+            "MODEL_CPU_THREADS": "4",
             "MODEL_CPU_REPLICAS": "2",
             "REQUEST_TIMEOUT_MS": "250",
             "SHUTDOWN_GRACE_S": "2.5",
@@ -75,6 +76,7 @@ def test_every_variable_is_read() -> None:
     )
     assert settings.preprocess_workers == 3
     assert settings.preprocess_nice == 0
+    assert settings.model_cpu_threads == 4
     assert (settings.request_timeout_ms, settings.shutdown_grace_s) == (250.0, 2.5)
     assert settings.api_key == "0123456789abcdef-key"
     assert settings.metrics_require_key is True
@@ -87,6 +89,7 @@ def test_robustness_defaults() -> None:
     assert settings.shutdown_grace_s == 8.0
     assert settings.api_key is None and settings.metrics_require_key is False
     assert settings.preprocess_nice == 10
+    assert settings.model_cpu_threads is None  # MXNet's own default
 
 
 @pytest.mark.parametrize(
@@ -128,6 +131,8 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("PREPROCESS_NICE", "-1"),
         ("PREPROCESS_NICE", "20"),
         ("PREPROCESS_NICE", "low"),
+        ("MODEL_CPU_THREADS", "0"),
+        ("MODEL_CPU_THREADS", "all"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.server_process import ServerProcess
-from predictor.threads import lower_priority, preprocess_pool
+from predictor.threads import OPENMP_VARIABLE, configure_openmp, lower_priority, preprocess_pool
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -77,3 +78,47 @@ def test_the_server_decodes_at_preprocess_nice(small_model_prefix: Path, nice: i
         assert server.process.pid in others  # the event loop's thread keeps its priority
     else:
         assert set(values.values()) == {base}
+
+
+# Runs in a fresh interpreter: MXNet reads its OpenMP setting once, when loaded.
+_THREADS_AFTER_A_FORWARD = """
+import os, sys
+from pathlib import Path
+from predictor.threads import configure_openmp
+if sys.argv[1] != "default":
+    assert configure_openmp(int(sys.argv[1]))
+import mxnet as mx
+data = mx.nd.ones((1, 64, 96, 96))
+weight = mx.nd.ones((64, 64, 3, 3))
+mx.nd.Convolution(data, weight, kernel=(3, 3), num_filter=64, no_bias=True).wait_to_read()
+print(len(list(Path("/proc/self/task").iterdir())))
+"""
+
+
+def threads_after_a_forward(setting: str) -> int:
+    unset = (OPENMP_VARIABLE, "MXNET_OMP_MAX_THREADS")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS_AFTER_A_FORWARD, setting],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_model_cpu_threads_sizes_mxnets_openmp_team() -> None:
+    """More OpenMP threads asked for, more threads in the process after a convolution."""
+    one, two, three = (threads_after_a_forward(n) for n in ("1", "2", "3"))
+    assert one < two < three, (one, two, three)
+
+
+def test_openmp_cannot_be_resized_once_mxnet_is_loaded(caplog: pytest.LogCaptureFixture) -> None:
+    import mxnet  # noqa: F401  (loaded here, as in every test process)
+
+    wanted = 7 if os.environ.get(OPENMP_VARIABLE) != "7" else 5
+    assert not configure_openmp(wanted)
+    assert "already loaded" in caplog.text
+    assert os.environ.get(OPENMP_VARIABLE) != str(wanted)

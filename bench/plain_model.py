@@ -24,7 +24,7 @@ import mxnet as mx
 import numpy as np
 import numpy.typing as npt
 
-from predictor.model import Checkpoint, RawDetections, read_class_names
+from predictor.model import Checkpoint, Detector, RawDetections, read_class_names
 
 MODEL_CODES = ("plain", "predictor")
 
@@ -73,8 +73,6 @@ def load_baseline_model(code: str, prefix: Path, edge: int, max_batch: int) -> B
     if code == "plain":
         detector = PlainDetector(prefix, edge, max_batch)
     elif code == "predictor":
-        from predictor.model import Detector
-
         detector = Detector(Checkpoint.from_prefix(prefix), mx.cpu(), edge, max_batch)
     else:
         raise ValueError(f"model code {code!r}: expected one of {MODEL_CODES}")

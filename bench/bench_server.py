@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadResult, drive
-from bench.photos import make_photos
-from bench.server_process import ServerProcess
 from predictor.config import DeviceSpec, Settings
-from predictor.imaging import prepare
-from predictor.model import Detector, load_detectors
 from predictor.offline import detect_files
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import Detector, load_detectors
+from tests.support.photos import make_photos
+from tests.support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
@@ -46,7 +46,7 @@ LEVELS = {1: 150, 4: 300, 16: 600, 64: 900}
 
 def measure_offline(
     prefix: Path,
-    edge: int,
+    edge: int | None,
     files: list[Path],
     workers: int,
     repeats: int,
@@ -73,7 +73,7 @@ def measure_offline(
             for _ in range(passes):
                 for first in range(0, len(payloads), batch):
                     chunk = payloads[first : first + batch]
-                    images = [prepare(data, edge, 2**31 - 1) for data in chunk]
+                    images = [prepare(data, detector.preprocessing, 2**31 - 1) for data in chunk]
                     detector.forward([image.tensor for image in images])
         else:
             # One stream of every pass: a server overlaps continuously, with no ramp-up per pass.
@@ -90,7 +90,7 @@ def measure_offline(
             for _ in range(repeats):
                 for data in payloads:
                     one = time.perf_counter()
-                    image = prepare(data, edge, 2**31 - 1)
+                    image = prepare(data, detector.preprocessing, 2**31 - 1)
                     detector.forward([image.tensor])
                     latencies.append((time.perf_counter() - one) * 1000.0)
             results["single_image_ms"] = statistics.median(latencies)
@@ -242,7 +242,7 @@ def main() -> None:
     batch_max_size = args.batch_max_size or offline["best_batch"]
     env = {
         "MODEL_PREFIX": str(settings.model_prefix),
-        "MODEL_EDGE": str(settings.model_edge),
+        **({"MODEL_EDGE": str(settings.model_edge)} if settings.model_edge else {}),
         "BATCH_MAX_SIZE": str(batch_max_size),
         "BATCH_MAX_DELAY_MS": str(args.batch_max_delay_ms),
         "QUEUE_MAX": "256",

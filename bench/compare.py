@@ -46,10 +46,10 @@ from bench.bench_server import machine, measure_offline, write_markdown
 from bench.loadgen import LoadResult, drive
 from bench.mms import ModelServer
 from bench.offline_limit import measure_offline_with_threads
-from bench.photos import make_photos
 from bench.plain_model import MODEL_CODES
-from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
+from tests.support.photos import make_photos
+from tests.support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
@@ -444,7 +444,7 @@ def render_section(
         + (
             "they run the checkpoint as MXNet's documentation shows (`bench/plain_model.py`: "
             "`SymbolBlock.imports`, hybridized with static memory), predictor with its "
-            "load-time graph rewrites (`predictor/graph.py`). "
+            "load-time graph rewrites (`predictor/runtime/graph.py`). "
             if meta["baseline_model"] == "plain"
             else "they run the checkpoint through predictor's own model code, graph rewrites "
             "included, so only the serving machinery differs. "

@@ -29,13 +29,14 @@ from typing import Any
 
 from bench.bench_server import machine, measure_offline, write_markdown
 from bench.compare import RESNET_PREFIX, ensure_resnet
-from bench.photos import make_photos
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX, DeviceSpec
 from predictor.data import synthesize
-from predictor.imaging import prepare
-from predictor.model import FloatArray, load_detectors
-from predictor.quantize import quantize_checkpoint
+from predictor.detections import FloatArray
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import load_detectors
+from predictor.runtime.quantize import quantize_checkpoint
 from predictor.training.evaluate import evaluate_checkpoint
+from tests.support.photos import make_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"

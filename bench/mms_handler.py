@@ -51,8 +51,9 @@ class SSDHandler:
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         """Detections for each request of the batch, as the contract's JSON."""
-        from predictor.imaging import ImageError, prepare
-        from predictor.model import to_detections
+        from predictor.detections import to_detections
+        from predictor.errors import ImageError
+        from predictor.runtime.imaging import prepare
 
         answers: list[str | None] = [None] * len(data)
         images = []
@@ -67,8 +68,6 @@ class SSDHandler:
         if images:
             outputs = self.detector.forward([image.tensor for _, image in images])
             for (index, image), raw in zip(images, outputs, strict=True):
-                detections = to_detections(
-                    raw, image.width, image.height, self.edge, self.detector.classes, THRESHOLD
-                )
+                detections = to_detections(raw, image.placement, self.detector.classes, THRESHOLD)
                 answers[index] = json.dumps({"prediction": [d.to_json() for d in detections]})
         return [answer or "{}" for answer in answers]

@@ -21,8 +21,9 @@ from pathlib import Path
 from aiohttp import web
 
 from bench.plain_model import MODEL_CODES, BaselineModel, load_baseline_model
-from predictor.imaging import ImageError, prepare
-from predictor.model import to_detections
+from predictor.detections import to_detections
+from predictor.errors import ImageError
+from predictor.runtime.imaging import prepare
 
 DETECTOR_KEY = web.AppKey("detector", BaselineModel)
 MAX_PIXELS = 50_000_000
@@ -40,9 +41,7 @@ async def predict(request: web.Request) -> web.Response:
     except ImageError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     (raw,) = detector.forward([image.tensor])
-    detections = to_detections(
-        raw, image.width, image.height, detector.edge, detector.classes, THRESHOLD
-    )
+    detections = to_detections(raw, image.placement, detector.classes, THRESHOLD)
     return web.json_response({"prediction": [d.to_json() for d in detections]})
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from predictor.threads import configure_openmp
+from predictor.runtime.threads import configure_openmp
 
 ROOT = Path(__file__).resolve().parent.parent
 

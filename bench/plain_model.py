@@ -6,7 +6,7 @@ MMS handler and the naive server run. We hybridize with static memory
 (``static_alloc``/``static_shape``), which MXNet's performance guide
 recommends, so the baselines are not handicapped by a setting.
 
-What `predictor` does beyond that at load time (`predictor.graph`: oneDNN
+What `predictor` does beyond that at load time (`predictor.runtime.graph`: oneDNN
 fusion of convolution + batch norm + activation, and the SSD head's
 candidates built with one concatenation instead of one per class) is part of
 what the comparison measures. Decoding, preprocessing and the mapping to the
@@ -24,7 +24,9 @@ import mxnet as mx
 import numpy as np
 import numpy.typing as npt
 
-from predictor.model import Checkpoint, Detector, RawDetections, read_class_names
+from predictor.checkpoint import Checkpoint, read_class_names
+from predictor.detections import RawDetections
+from predictor.runtime.model import Detector
 
 MODEL_CODES = ("plain", "predictor")
 
@@ -57,7 +59,7 @@ class PlainDetector:
 
 
 class BaselineModel(Protocol):
-    """What the baselines need of a model: `PlainDetector` and `predictor.model.Detector` both."""
+    """What the baselines need of a model: `PlainDetector` and predictor's `Detector` both."""
 
     edge: int
     classes: list[str]

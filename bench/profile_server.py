@@ -37,11 +37,12 @@ import cv2
 import numpy as np
 
 from bench.bench_server import machine, write_markdown
-from bench.photos import make_photos
-from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX, DeviceSpec
-from predictor.imaging import _checked_header, decode, to_tensor
-from predictor.model import RawDetections, load_detectors, to_detections
+from predictor.detections import Placement, RawDetections, to_detections
+from predictor.runtime.imaging import _checked_header, decode, to_tensor
+from predictor.runtime.model import load_detectors
+from tests.support.photos import make_photos
+from tests.support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
@@ -51,8 +52,8 @@ MARK_END = "<!-- bench_profile:end -->"
 # Activities of the server's Python threads, by the first matching frame
 # (innermost first) of a py-spy stack.
 ACTIVITIES = (
-    ("forward pass (waiting for MXNet)", ("forward (predictor/model.py", "asnumpy")),
-    ("JPEG decoding", ("_imdecode", "decode (predictor/imaging.py")),
+    ("forward pass (waiting for MXNet)", ("forward (predictor/runtime/model.py", "asnumpy")),
+    ("JPEG decoding", ("_imdecode", "decode (predictor/runtime/imaging.py")),
     ("resize + normalise", ("to_tensor",)),
     ("JPEG header checks", ("jpeg_header", "_checked_header")),
     ("detections + JSON", ("to_detections", "json_response", "_strict_dumps", "dumps")),
@@ -106,7 +107,7 @@ def stages(prefix: Path, edge: int, files: list[Path]) -> dict[str, dict[str, fl
 
 def answer(raw: RawDetections, edge: int, classes: list[str]) -> str:
     """The JSON body the server would send for ``raw`` (for a 4000x3000 photo)."""
-    found = to_detections(raw, 4000, 3000, edge, classes, 0.5)
+    found = to_detections(raw, Placement.stretched(4000, 3000, edge, edge), classes, 0.5)
     return json.dumps({"prediction": [d.to_json() for d in found]})
 
 

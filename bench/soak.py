@@ -47,10 +47,10 @@ import aiohttp
 import cv2
 import numpy as np
 
-from bench.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
-from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from predictor.data.synth import SceneConfig, render_scene
+from tests.support.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
+from tests.support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"

@@ -133,8 +133,8 @@ async def storm(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: storm a running server with rendered photos."""
-    from bench.photos import make_photos
     from bench.soak import WORK
+    from tests.support.photos import make_photos
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080/predict")

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from predictor.config import ConfigError, Settings, parse_probability
+from predictor.config import Settings, parse_probability
 from predictor.data.cli import add_data_parser
-from predictor.threads import configure_openmp
+from predictor.errors import CheckpointError, ConfigError, PredictorError
+from predictor.runtime.threads import configure_openmp
 from predictor.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from predictor.model import Detector
+    from predictor.runtime.model import Detector
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -30,7 +31,7 @@ EXIT_FAILURE = 1
 log = logging.getLogger("predictor")
 
 
-class UserError(Exception):
+class UserError(PredictorError):
     """A problem the user can fix; printed without a traceback."""
 
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args))
-    except (UserError, ConfigError) as exc:
+    except PredictorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
     except KeyboardInterrupt:
@@ -190,22 +191,34 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _load(settings: Settings) -> list[Detector]:
-    from predictor.model import CheckpointError, load_detectors
+def _load(settings: Settings) -> dict[str, list[Detector]]:
+    """Every configured model, loaded and warmed; a model that fails stops start-up, named."""
+    from predictor.runtime.model import load_detectors
 
-    try:
-        return list(
-            load_detectors(
-                settings.model_prefix,
-                settings.model_epoch,
-                settings.model_edge,
+    models: dict[str, list[Detector]] = {}
+    for spec in settings.models:
+        log.info(
+            "loading model %r from %s (epoch %d, %s) on %s",
+            spec.name,
+            spec.prefix,
+            spec.epoch,
+            settings.model_dtype,
+            settings.devices.describe(),
+        )
+        try:
+            models[spec.name] = load_detectors(
+                spec.prefix,
+                spec.epoch,
+                spec.edge,
                 settings.devices,
                 settings.batch_max_size,
                 settings.model_dtype,
             )
-        )
-    except CheckpointError as exc:
-        raise UserError(str(exc)) from None
+        except CheckpointError as exc:
+            if len(settings.models) == 1:
+                raise
+            raise CheckpointError(f"model {spec.name!r} did not load: {exc}") from None
+    return models
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -213,38 +226,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if settings.model_cpu_threads is not None:
         configure_openmp(settings.model_cpu_threads)
     _configure_logging(settings.log_level)
-    from predictor.server import serve
+    from predictor.http.server import serve
 
-    log.info(
-        "loading %s (epoch %d, %dx%d, %s) on %s",
-        settings.model_prefix,
-        settings.model_epoch,
-        settings.model_edge,
-        settings.model_edge,
-        settings.model_dtype,
-        settings.devices.describe(),
-    )
-    detectors = _load(settings)
-    asyncio.run(serve(settings, detectors))
+    models = _load(settings)
+    asyncio.run(serve(settings, models))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from predictor.export import ExportError, export_zoo
+    from predictor.export import export_zoo
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    try:
-        result = export_zoo(
-            args.zoo,
-            args.out,
-            random_init=args.random_init,
-            classes=classes,
-            edge=args.edge,
-            seed=args.seed,
-            weights_dir=args.weights_dir,
-        )
-    except ExportError as exc:
-        raise UserError(str(exc)) from None
+    result = export_zoo(
+        args.zoo,
+        args.out,
+        random_init=args.random_init,
+        classes=classes,
+        edge=args.edge,
+        seed=args.seed,
+        weights_dir=args.weights_dir,
+    )
     print(
         f"exported {args.zoo} ({len(result.classes)} classes, {result.edge}x{result.edge}"
         f"{', RANDOM weights' if result.random_init else ''}) to "
@@ -254,22 +255,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from predictor.model import CheckpointError
-    from predictor.quantize import QuantizeError, quantize_checkpoint
+    from predictor.runtime.quantize import quantize_checkpoint
 
     _configure_logging("WARNING")
-    try:
-        result = quantize_checkpoint(
-            args.model,
-            args.calib,
-            args.out,
-            edge=args.edge,
-            epoch=args.epoch,
-            images=args.images,
-            mode=args.mode,
-        )
-    except (QuantizeError, CheckpointError) as exc:
-        raise UserError(str(exc)) from None
+    result = quantize_checkpoint(
+        args.model,
+        args.calib,
+        args.out,
+        edge=args.edge,
+        epoch=args.epoch,
+        images=args.images,
+        mode=args.mode,
+    )
     print(
         f"quantized {args.model} to int8 ({result.calibration_images} calibration images, "
         f"{result.seconds:.1f} s): {result.symbol_path}, {result.params_path}"
@@ -289,7 +286,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     if settings.model_cpu_threads is not None:
         configure_openmp(settings.model_cpu_threads)
-    from predictor.offline import detect_files, find_images, write_drawing
+    from predictor.offline import detect_files, write_drawing
+    from predictor.runtime.imaging import find_images
 
     _configure_logging("WARNING")
     missing = [p for p in args.paths if not p.exists()]
@@ -298,7 +296,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.paths)
     if not files:
         raise UserError("no image files found in " + ", ".join(str(p) for p in args.paths))
-    detector = _load(settings)[0]
+    detector = next(iter(_load(settings).values()))[0]
     threshold = settings.probability_threshold if args.threshold is None else args.threshold
     source_root = args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None
     failures = 0
@@ -323,8 +321,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from predictor.data import DatasetError
-    from predictor.training.train import TrainingError, train
+    from predictor.training.train import train
 
     _configure_logging("WARNING")
     config = TrainConfig(
@@ -337,17 +334,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
     )
-    try:
-        state = train(
-            args.data,
-            args.out,
-            config,
-            val_dir=args.val,
-            resume=args.resume,
-            export_prefix=args.export,
-        )
-    except (DatasetError, TrainingError) as exc:
-        raise UserError(str(exc)) from None
+    state = train(
+        args.data,
+        args.out,
+        config,
+        val_dir=args.val,
+        resume=args.resume,
+        export_prefix=args.export,
+    )
     final = args.export or args.out / "model"
     print(f"trained {state.epoch} epochs; exported {final}-symbol.json, {final}-0000.params")
     return 0
@@ -356,14 +350,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from predictor.data import DatasetError
-    from predictor.model import CheckpointError
     from predictor.training.evaluate import evaluate_checkpoint
 
     _configure_logging("WARNING")
     try:
         report = evaluate_checkpoint(args.model, args.data, edge=args.edge, epoch=args.epoch)
-    except (DatasetError, CheckpointError, ValueError) as exc:
+    except ValueError as exc:
+        if isinstance(exc, PredictorError):
+            raise
         raise UserError(str(exc)) from None
     print(report.format_table())
     if args.json:

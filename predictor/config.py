@@ -12,22 +12,28 @@ REST_PORT            8080                     TCP port (0: any free port)
 REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
                                               /ready, /metrics, /info, or under /static or /v2)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
+MODELS               (unset: one model, from  several models: NAME=PREFIX pairs separated by
+                     MODEL_PREFIX)            commas, e.g. "coco=models/coco/nanodet,
+                                              digits=models/ssd300_digits_shapes"; the first
+                                              is the default; not with MODEL_PREFIX,
+                                              MODEL_NAME or MODEL_EDGE
 MODEL_PREFIX         models/ssd300_digits_shapes
                                               checkpoint prefix: PREFIX-symbol.json,
-                                              PREFIX-EPOCH.params, synset.txt beside it
-MODEL_EPOCH          0                        checkpoint epoch
+                                              PREFIX-EPOCH.params, synset.txt beside it,
+                                              PREFIX-preprocess.json (optional)
+MODEL_EPOCH          0                        checkpoint epoch (of every model)
 MODEL_NAME           MODEL_PREFIX's base      the model's name in the Open Inference Protocol
-                     name (shipped model:     v2 routes (/v2/models/NAME/...): letters, digits,
-                     ssd300_digits_shapes)    '_', '.', '-'; at most 128 characters
-MODEL_EDGE           300 (shipped model),     square input edge the network was trained
-                     512 when MODEL_PREFIX    for
-                     is set
+                     name (shipped model:     v2 routes (/v2/models/NAME/...) and ?model=:
+                     ssd300_digits_shapes)    letters, digits, '_', '.', '-'; at most 128
+MODEL_EDGE           (the checkpoint's        square input edge; overrides the size that
+                     declaration; 512 when    PREFIX-preprocess.json declares
+                     it has none)
 MODEL_CONTEXT_GPU    false                    true: GPU 0; "0,1": those GPUs, one model
                                               replica each; false: the CPU
 MODEL_CPU_REPLICAS   1                        model replicas on the CPU (not with GPUs)
 MODEL_CPU_THREADS    (MXNet's: half the CPUs) OpenMP threads of each CPU forward pass;
                                               the cores for a network whose forward pass
-                                              is most of the work (see predictor/threads.py)
+                                              is most of the work (see predictor/runtime/threads.py)
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
                                               mixed precision, AMP)
@@ -42,7 +48,7 @@ MAX_IMAGE_PIXELS     50000000                 larger images (read from the JPEG 
 PREPROCESS_WORKERS   number of CPU cores      threads decoding and resizing images
 PREPROCESS_NICE      10                       how much lower than the forward pass those
                                               threads' CPU priority is (Linux nice steps,
-                                              0-19; 0: the same); see predictor/threads.py
+                                              0-19; 0: the same); see predictor/runtime/threads.py
 REQUEST_TIMEOUT_MS   10000                    longest an image may wait, from the moment its
                                               body has arrived, for its forward pass to
                                               begin (decoding included); past it: 504 and
@@ -65,18 +71,21 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from predictor.checkpoint import Checkpoint
+from predictor.errors import ConfigError
+
 SHIPPED_MODEL_PREFIX = "models/ssd300_digits_shapes"
 SHIPPED_MODEL_EDGE = 300
-DEFAULT_MODEL_EDGE = 512
 
 # Paths the service answers itself (GET), which the detection endpoint may not take.
 # "/" is allowed: the page answers GET there, the endpoint POST.
 RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
 STATIC_PREFIX = "/static"
-# The Open Inference Protocol v2 routes (`predictor.v2`) live under this prefix.
+# The Open Inference Protocol v2 routes (`predictor.http.v2`) live under this prefix.
 V2_PREFIX = "/v2"
 # A model name is one URL path segment that every v2 client can put in a URL
 # unquoted (Triton's and KServe's clients quote it, curl users do not).
@@ -88,8 +97,15 @@ MODEL_DTYPES = ("float32", "int8", "float16")
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A setting has a malformed or out-of-range value; the message names it."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: its name and checkpoint."""
+
+    name: str
+    prefix: Path
+    epoch: int = 0
+    # MODEL_EDGE: a square input size overriding the checkpoint's declaration.
+    edge: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,9 +134,12 @@ class Settings:
     model_epoch: int = 0
     # None: the base name of model_prefix (see `served_model_name`).
     model_name: str | None = None
-    model_edge: int = SHIPPED_MODEL_EDGE
+    # None: the size the checkpoint declares (512 when it declares none).
+    model_edge: int | None = None
+    # MODELS; empty: the one model of MODEL_PREFIX (see `models`).
+    model_list: tuple[ModelSpec, ...] = ()
     devices: DeviceSpec = field(default_factory=DeviceSpec)
-    # None: MXNet's default, half the CPUs (predictor/threads.py says when to set it).
+    # None: MXNet's default, half the CPUs (predictor/runtime/threads.py says when to set it).
     model_cpu_threads: int | None = None
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
     model_dtype: str = "float32"
@@ -130,7 +149,7 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     preprocess_workers: int = max(1, os.cpu_count() or 1)
-    # Decoding gives way to the forward pass's OpenMP team (predictor/threads.py).
+    # Decoding gives way to the forward pass's OpenMP team (predictor/runtime/threads.py).
     preprocess_nice: int = 10
     request_timeout_ms: float = 10_000.0
     shutdown_grace_s: float = 8.0
@@ -153,10 +172,32 @@ class Settings:
         env = {**(os.environ if environ is None else environ), **(overrides or {})}
         reader = _EnvReader(env)
         prefix_raw = env.get("MODEL_PREFIX", "").strip()
-        default_edge = DEFAULT_MODEL_EDGE if prefix_raw else SHIPPED_MODEL_EDGE
         model_prefix = Path(prefix_raw or SHIPPED_MODEL_PREFIX)
         unnamed: str | None = None
         model_name = reader.get("MODEL_NAME", parse_model_name, unnamed)
+        no_edge: int | None = None
+        model_edge = reader.get("MODEL_EDGE", _int_in(32, 4096), no_edge)
+        model_epoch = reader.get("MODEL_EPOCH", _int_in(0, 9999), 0)
+        no_models: tuple[ModelSpec, ...] = ()
+        model_list = reader.get("MODELS", partial(parse_models, epoch=model_epoch), no_models)
+        if model_list:
+            given = [
+                name
+                for name, value in (
+                    ("MODEL_PREFIX", prefix_raw),
+                    ("MODEL_NAME", model_name),
+                    ("MODEL_EDGE", model_edge),
+                )
+                if value
+            ]
+            if given:
+                raise ConfigError(
+                    f"MODELS is set: {' and '.join(given)} configure a single model; "
+                    "name each checkpoint in MODELS instead (each declares its input size "
+                    "in PREFIX-preprocess.json)"
+                )
+            model_prefix = model_list[0].prefix
+            model_name = model_list[0].name
         if model_name is None:
             model_name = _default_model_name(model_prefix)
         no_gpus: tuple[int, ...] = ()
@@ -175,9 +216,10 @@ class Settings:
             entry_point=reader.get("REST_ENTRY_POINT", _parse_path, "/predict"),
             probability_threshold=reader.get("PROBABILITY_MORE", parse_probability, 0.5),
             model_prefix=model_prefix,
-            model_epoch=reader.get("MODEL_EPOCH", _int_in(0, 9999), 0),
+            model_epoch=model_epoch,
             model_name=model_name,
-            model_edge=reader.get("MODEL_EDGE", _int_in(32, 4096), default_edge),
+            model_edge=model_edge,
+            model_list=model_list,
             devices=DeviceSpec(
                 gpus=gpus,
                 cpu_replicas=reader.get("MODEL_CPU_REPLICAS", _int_in(1, 64), 1),
@@ -203,24 +245,38 @@ class Settings:
         )
 
     @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """Every model to serve, the default first: MODELS, or the one of MODEL_PREFIX."""
+        if self.model_list:
+            return self.model_list
+        return (
+            ModelSpec(self.served_model_name, self.model_prefix, self.model_epoch, self.model_edge),
+        )
+
+    @property
     def served_model_name(self) -> str:
         """The model's name in the v2 routes: MODEL_NAME, else the checkpoint prefix's base name."""
         return self.model_name if self.model_name is not None else self.model_prefix.name
 
     @property
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint of the default model."""
+        return Checkpoint(self.model_prefix, self.model_epoch)
+
+    @property
     def symbol_path(self) -> Path:
-        """The network definition file of the configured checkpoint."""
-        return Path(f"{self.model_prefix}-symbol.json")
+        """The network definition file of the default model's checkpoint."""
+        return self.checkpoint.symbol_path
 
     @property
     def params_path(self) -> Path:
-        """The weights file of the configured checkpoint and epoch."""
-        return Path(f"{self.model_prefix}-{self.model_epoch:04d}.params")
+        """The weights file of the default model's checkpoint and epoch."""
+        return self.checkpoint.params_path
 
     @property
     def synset_path(self) -> Path:
-        """`synset.txt` beside the checkpoint: one class name per line."""
-        return self.model_prefix.parent / "synset.txt"
+        """`synset.txt` beside the default model's checkpoint: one class name per line."""
+        return self.checkpoint.synset_path
 
 
 class _EnvReader:
@@ -340,6 +396,26 @@ def parse_model_name(raw: str) -> str:
             "expected 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return raw
+
+
+def parse_models(raw: str, epoch: int = 0) -> tuple[ModelSpec, ...]:
+    """MODELS: ``NAME=PREFIX`` pairs separated by commas, names unique, the default first."""
+    models: list[ModelSpec] = []
+    for position, entry in enumerate(raw.split(","), start=1):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"entry {position} is empty (expected NAME=PREFIX,NAME=PREFIX...)")
+        name, equals, prefix = (part.strip() for part in entry.partition("="))
+        if not equals or not name or not prefix:
+            raise ValueError(f"entry {position} ({entry!r}) is not NAME=PREFIX")
+        try:
+            parse_model_name(name)
+        except ValueError as exc:
+            raise ValueError(f"entry {position}: model name {name!r}: {exc}") from None
+        if any(model.name == name for model in models):
+            raise ValueError(f"entry {position}: the name {name!r} is used twice")
+        models.append(ModelSpec(name, Path(prefix), epoch))
+    return tuple(models)
 
 
 def _default_model_name(prefix: Path) -> str:

@@ -32,6 +32,9 @@ import mxnet as mx
 import numpy as np
 import numpy.typing as npt
 
+from predictor.checkpoint import Checkpoint, Preprocessing
+from predictor.errors import PredictorError
+
 DEFAULT_WEIGHTS_DIR = Path("~/.mxnet/models")
 
 _UNTRAINED_BANNER = """\
@@ -43,7 +46,7 @@ _UNTRAINED_BANNER = """\
 """
 
 
-class ExportError(RuntimeError):
+class ExportError(PredictorError):
     """The network cannot be exported; the message says why and what to do."""
 
 
@@ -90,7 +93,12 @@ def export_zoo(
     weights_dir: Path = DEFAULT_WEIGHTS_DIR,
     stream: TextIO = sys.stderr,
 ) -> ExportResult:
-    """Write ``out_prefix``-symbol.json, -0000.params and synset.txt for a zoo network."""
+    """Write the checkpoint of a zoo network at ``out_prefix`` (`predictor.checkpoint`).
+
+    Its preprocessing declaration is GluonCV's own evaluation transform
+    (``SSDDefaultValTransform`` at the input edge), so that the server
+    computes what GluonCV computes.
+    """
     from gluoncv import model_zoo
 
     input_edge = edge or zoo_input_edge(name)
@@ -136,14 +144,15 @@ def export_zoo(
     if weights is None:
         calibrate_batch_norm(out_prefix, input_edge, np.random.default_rng(seed))
     class_names = tuple(str(c) for c in net.classes)
-    synset_path = out_prefix.parent / "synset.txt"
-    synset_path.write_text("\n".join(class_names) + "\n", encoding="utf-8")
+    checkpoint = Checkpoint(out_prefix, 0)
+    checkpoint.write_class_names(class_names)
+    checkpoint.write_preprocessing(Preprocessing.gluoncv(input_edge))
     if weights is None:
         stream.write(_UNTRAINED_BANNER.format(name=name))
     return ExportResult(
-        symbol_path=Path(f"{out_prefix}-symbol.json"),
-        params_path=Path(f"{out_prefix}-0000.params"),
-        synset_path=synset_path,
+        symbol_path=checkpoint.symbol_path,
+        params_path=checkpoint.params_path,
+        synset_path=checkpoint.synset_path,
         classes=class_names,
         edge=input_edge,
         random_init=weights is None,
@@ -235,7 +244,7 @@ class _Graph:
 
 def _calibration_images(rng: np.random.Generator, count: int, edge: int) -> npt.NDArray[np.float32]:
     """Preprocessed photo-like scenes: gradients, noise and filled shapes."""
-    from predictor.imaging import to_tensor
+    from predictor.runtime.imaging import to_tensor
 
     tensors = []
     for _ in range(count):

@@ -7,7 +7,7 @@ large photo archive keeps the device busy; results stream out in input order.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from predictor.imaging import ImageError, PreparedImage, prepare
-from predictor.model import Detection, Detector, to_detections
-from predictor.render import draw_detections
-from predictor.threads import preprocess_pool
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from predictor.detections import Detection, to_detections
+from predictor.errors import ImageError
+from predictor.runtime.imaging import PreparedImage, prepare
+from predictor.runtime.model import Detector
+from predictor.runtime.render import draw_detections
+from predictor.runtime.threads import preprocess_pool
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,6 @@ class FileResult:
         return json.dumps({"path": str(self.path), "prediction": prediction}, allow_nan=False)
 
 
-def find_images(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, plus image files found recursively in folders, in a stable order."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
-
-
 def detect_files(
     files: Sequence[Path],
     detector: Detector,
@@ -60,14 +49,14 @@ def detect_files(
 ) -> Iterator[FileResult]:
     """Detect objects in every file, batching forwards; yields results in input order.
 
-    ``nice``: how much lower the decoding threads' CPU priority is (`predictor.threads`).
+    ``nice``: how much lower the decoding threads' CPU priority is (`predictor.runtime.threads`).
     """
     batch_size = detector.max_batch
     with preprocess_pool(workers, nice, "decode") as pool:
 
         def load(path: Path) -> PreparedImage:
             data = path.read_bytes()
-            return prepare(data, detector.edge, max_image_pixels, require_jpeg=False)
+            return prepare(data, detector.preprocessing, max_image_pixels, require_jpeg=False)
 
         ahead = batch_size * 3
         futures: list[tuple[Path, Future[PreparedImage]]] = []
@@ -88,16 +77,7 @@ def detect_files(
             by_path = {
                 path: FileResult(
                     path,
-                    tuple(
-                        to_detections(
-                            raw,
-                            image.width,
-                            image.height,
-                            detector.edge,
-                            detector.classes,
-                            threshold,
-                        )
-                    ),
+                    tuple(to_detections(raw, image.placement, detector.classes, threshold)),
                 )
                 for (path, image), raw in zip(ready, outputs, strict=True)
             }

@@ -21,9 +21,9 @@ import pytest
 from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec, Settings
 from predictor.data import FixtureObject, SceneConfig, render_fixture, render_scene
 from predictor.data.synth import Scene
-from predictor.graph import fuse_for_cpu
-from predictor.imaging import ImageBGR
-from predictor.model import Detector, load_detectors
+from predictor.runtime.graph import fuse_for_cpu
+from predictor.runtime.imaging import ImageBGR
+from predictor.runtime.model import Detector, load_detectors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"

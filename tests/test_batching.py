@@ -9,16 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from predictor.batching import (
-    FAILURE_BACKOFF_S,
-    Batcher,
-    BatchFailed,
-    DeadlineExceeded,
-    Overloaded,
-    ShuttingDown,
-    short_reason,
-)
-from predictor.metrics import Metrics
+from predictor.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from predictor.service.batching import FAILURE_BACKOFF_S, Batcher, BatchFailed, short_reason
+from predictor.service.metrics import Metrics
 
 
 class Recorder:
@@ -99,7 +92,7 @@ async def test_items_queued_during_a_forward_form_the_next_batch_at_once() -> No
 
 
 async def test_queue_bound_rejects_at_once() -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("m")
     replica = Recorder(delay_s=0.1)
     batcher = Batcher([replica], max_batch_size=2, max_delay_s=0.0, queue_max=3, metrics=metrics)
     batcher.start()
@@ -136,7 +129,7 @@ async def test_an_abandoned_request_is_not_computed() -> None:
 
 
 async def test_a_failing_forward_fails_its_batch_only() -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("m")
     replica = Recorder(fail_on=13)
     batcher = Batcher([replica], max_batch_size=4, max_delay_s=0.02, queue_max=10, metrics=metrics)
     batcher.start()
@@ -180,7 +173,7 @@ async def test_stop_finishes_admitted_work_then_refuses() -> None:
 
 
 async def test_an_item_past_its_deadline_is_answered_then_and_never_computed() -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("m")
     replica = Recorder(delay_s=0.3)
     batcher = Batcher([replica], max_batch_size=1, max_delay_s=0.0, queue_max=10, metrics=metrics)
     batcher.start()
@@ -212,7 +205,7 @@ async def test_an_item_whose_forward_pass_began_finishes_past_its_deadline() -> 
 
 
 async def test_an_abandoned_request_is_counted() -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("m")
     replica = Recorder(delay_s=0.2)
     batcher = Batcher([replica], max_batch_size=4, max_delay_s=0.0, queue_max=10, metrics=metrics)
     batcher.start()
@@ -230,7 +223,7 @@ async def test_an_abandoned_request_is_counted() -> None:
 async def test_a_broken_replica_is_unhealthy_until_a_pass_succeeds_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("m")
     replica = Recorder()
     replica.broken = True
     batcher = Batcher(
@@ -247,7 +240,10 @@ async def test_a_broken_replica_is_unhealthy_until_a_pass_succeeds_and_logs_once
             await submit(batcher, item)
     assert not batcher.healthy
     assert batcher.health[0].consecutive_failures == 3
-    assert 'predictor_replica_healthy{replica="gpu(0)"} 0.0' in metrics.render().decode()
+    assert (
+        'predictor_replica_healthy{model="m",replica="gpu(0)"} 0.0'
+        in metrics._metrics.render().decode()
+    )
     assert not await batcher.probe(0)
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, "a failing streak is logged once"
@@ -255,7 +251,10 @@ async def test_a_broken_replica_is_unhealthy_until_a_pass_succeeds_and_logs_once
     replica.broken = False
     assert await batcher.probe(0)
     assert batcher.healthy
-    assert 'predictor_replica_healthy{replica="gpu(0)"} 1.0' in metrics.render().decode()
+    assert (
+        'predictor_replica_healthy{model="m",replica="gpu(0)"} 1.0'
+        in metrics._metrics.render().decode()
+    )
     assert any("recovered after 4 failed forward passes" in r.getMessage() for r in caplog.records)
     await batcher.stop(grace_s=1)
 

@@ -15,8 +15,9 @@ import pytest
 
 from bench.loadgen import LoadResult
 from bench.plain_model import PlainDetector, load_baseline_model
-from predictor.imaging import prepare
-from predictor.model import Detector, to_detections
+from predictor.detections import to_detections
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import Detector
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -38,7 +39,7 @@ def test_the_plain_baseline_finds_what_predictor_finds(
         confident = a.scores > 0.05
         assert np.array_equal(a.class_ids[confident], b.class_ids[confident])
         assert np.allclose(a.boxes[confident], b.boxes[confident], atol=1e-2)
-        found += len(to_detections(a, image.width, image.height, SMALL_EDGE, plain.classes, 0.5))
+        found += len(to_detections(a, image.placement, plain.classes, 0.5))
     assert found >= 3, "the scenes hold objects"
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.server_process import ServerProcess
 from predictor.config import DeviceSpec
-from predictor.imaging import prepare
-from predictor.model import load_detectors
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import load_detectors
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from predictor.config import (
-    DEFAULT_MODEL_EDGE,
-    SHIPPED_MODEL_EDGE,
-    SHIPPED_MODEL_PREFIX,
-    ConfigError,
-    Settings,
-)
+from predictor.config import SHIPPED_MODEL_PREFIX, ModelSpec, Settings
+from predictor.errors import ConfigError
 
 
 def test_defaults_match_the_original_service() -> None:
@@ -23,14 +18,15 @@ def test_defaults_match_the_original_service() -> None:
     assert settings.probability_threshold == 0.5
     assert settings.model_epoch == 0
     assert settings.devices.gpus == ()
-    # With MODEL_PREFIX unset, the shipped model and its input edge.
+    # With MODEL_PREFIX unset, the shipped model, at the input size it declares.
     assert settings.model_prefix == Path(SHIPPED_MODEL_PREFIX)
-    assert settings.model_edge == SHIPPED_MODEL_EDGE
+    assert settings.model_edge is None
+    assert settings.models == (ModelSpec("ssd300_digits_shapes", Path(SHIPPED_MODEL_PREFIX)),)
 
 
 def test_model_files_follow_the_prefix_and_epoch() -> None:
     settings = Settings.from_env({"MODEL_PREFIX": "m/resnet50_ssd_model", "MODEL_EPOCH": "12"})
-    assert settings.model_edge == DEFAULT_MODEL_EDGE == 512
+    assert settings.model_edge is None  # the checkpoint's declaration, else 512
     assert settings.symbol_path == Path("m/resnet50_ssd_model-symbol.json")
     assert settings.params_path == Path("m/resnet50_ssd_model-0012.params")
     assert settings.synset_path == Path("m/synset.txt")
@@ -196,3 +192,49 @@ def test_model_dtype_defaults_to_float32_and_accepts_int8_on_the_cpu() -> None:
 def test_model_dtype_is_refused_where_it_cannot_run(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+# ------------------------------------------------------------------ several models
+
+
+def test_models_lists_several_checkpoints_the_first_being_the_default() -> None:
+    settings = Settings.from_env(
+        {
+            "MODELS": " coco = models/coco/nanodet , digits=models/ssd300_digits_shapes ",
+            "MODEL_EPOCH": "3",
+        }
+    )
+    assert settings.models == (
+        ModelSpec("coco", Path("models/coco/nanodet"), 3),
+        ModelSpec("digits", Path("models/ssd300_digits_shapes"), 3),
+    )
+    assert settings.served_model_name == "coco"
+    assert settings.model_prefix == Path("models/coco/nanodet")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("coco", "entry 1 ('coco') is not NAME=PREFIX"),
+        ("coco=", "entry 1 ('coco=') is not NAME=PREFIX"),
+        ("=models/x", "entry 1 ('=models/x') is not NAME=PREFIX"),
+        ("a=x,,b=y", "entry 2 is empty"),
+        ("a=x,a=y", "entry 2: the name 'a' is used twice"),
+        ("a b=x", "entry 1: model name 'a b'"),
+        ("a=x,", "entry 2 is empty"),
+    ],
+)
+def test_a_malformed_models_value_names_the_variable_and_the_entry(
+    value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"MODELS": value})
+    assert str(raised.value).startswith(f"MODELS={value!r}: ")
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("single", ["MODEL_PREFIX", "MODEL_NAME", "MODEL_EDGE"])
+def test_models_cannot_be_mixed_with_the_single_model_settings(single: str) -> None:
+    value = {"MODEL_PREFIX": "m/x", "MODEL_NAME": "x", "MODEL_EDGE": "300"}[single]
+    with pytest.raises(ConfigError, match=f"MODELS is set: {single} configure"):
+        Settings.from_env({"MODELS": "a=m/a", single: value})

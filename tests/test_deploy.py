@@ -27,9 +27,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import predictor.config
-from predictor.app import create_app
 from predictor.config import Settings
-from predictor.model import Detector
+from predictor.http.app import create_app
+from predictor.runtime.model import Detector
 from tests.conftest import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"

@@ -32,9 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
-from bench.server_process import ServerProcess
-from predictor.imaging import ImageError, prepare
+from predictor.errors import ImageError
+from predictor.runtime.imaging import prepare
+from tests.support.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 

@@ -1,4 +1,4 @@
-"""Graph rewrites at load time (`predictor.graph`): the same outputs bit for bit, less work."""
+"""Graph rewrites at load time (`predictor.runtime.graph`): the same outputs, less work."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from predictor.graph import merge_detection_head
-from predictor.imaging import prepare
+from predictor.runtime.graph import merge_detection_head
+from predictor.runtime.imaging import prepare
 
 from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, run_symbol, scene
 

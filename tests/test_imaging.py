@@ -11,18 +11,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from bench.jpegs import (
-    extended_jpeg_12bit,
-    lossless_jpeg,
-    with_declared_size,
-    with_exif_orientation,
-)
-from predictor.imaging import (
+from predictor.errors import ImageError, ImageTooLarge
+from predictor.runtime.imaging import (
     MAX_SCANS,
     MEAN_RGB,
     STD_RGB,
-    ImageError,
-    ImageTooLarge,
     decode,
     decode_full,
     jpeg_header,
@@ -30,6 +23,12 @@ from predictor.imaging import (
     prepare,
     reduction_factor,
     to_tensor,
+)
+from tests.support.jpegs import (
+    extended_jpeg_12bit,
+    lossless_jpeg,
+    with_declared_size,
+    with_exif_orientation,
 )
 
 from .conftest import encode_jpeg, scene

@@ -11,19 +11,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from predictor.checkpoint import Checkpoint
 from predictor.config import DeviceSpec
 from predictor.data import FixtureObject, render_fixture
-from predictor.imaging import decode, to_tensor
-from predictor.model import (
-    Checkpoint,
-    CheckpointError,
-    Detector,
-    RawDetections,
-    contexts_for,
-    load_detectors,
-    network_class_count,
-    to_detections,
-)
+from predictor.detections import Placement, RawDetections, to_detections
+from predictor.errors import CheckpointError
+from predictor.runtime.imaging import decode, to_tensor
+from predictor.runtime.model import Detector, contexts_for, load_detectors, network_class_count
 
 from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg
 
@@ -38,9 +32,7 @@ def raw(rows: Sequence[tuple[float, ...]]) -> RawDetections:
 def test_detections_are_scaled_to_the_original_image_and_sorted() -> None:
     detections = to_detections(
         raw([(1, 0.8, 10, 20, 110, 220), (0, 0.99, 0, 0, 150, 300)]),
-        width=600,
-        height=900,
-        edge=300,
+        placement=Placement.stretched(600, 900, 300, 300),
         classes=CLASSES,
         threshold=0.5,
     )
@@ -53,9 +45,7 @@ def test_detections_are_scaled_to_the_original_image_and_sorted() -> None:
 def test_boxes_are_clipped_and_degenerate_boxes_dropped() -> None:
     detections = to_detections(
         raw([(0, 0.9, -50, -10, 400, 500), (1, 0.9, 310, 10, 350, 20), (0, 0.9, 5, 5, 5, 50)]),
-        width=300,
-        height=300,
-        edge=300,
+        placement=Placement.stretched(300, 300, 300, 300),
         classes=CLASSES,
         threshold=0.5,
     )
@@ -75,12 +65,14 @@ def test_threshold_is_strict_and_non_finite_or_unknown_rows_never_pass() -> None
         (nan, 0.9, 1, 1, 50, 50),
         (1, 0.51, 1, 1, 50, 50),
     ]
-    detections = to_detections(raw(rows), 100, 100, 100, CLASSES, 0.5)
+    detections = to_detections(raw(rows), Placement.stretched(100, 100, 100, 100), CLASSES, 0.5)
     assert [(d.object_class, d.probability) for d in detections] == [("dog", 0.51)]
 
 
 def test_probability_is_the_float32_value_in_its_shortest_form() -> None:
-    (detection,) = to_detections(raw([(0, 0.9959417, 0, 0, 9, 9)]), 10, 10, 10, CLASSES, 0.5)
+    (detection,) = to_detections(
+        raw([(0, 0.9959417, 0, 0, 9, 9)]), Placement.stretched(10, 10, 10, 10), CLASSES, 0.5
+    )
     assert detection.probability == 0.9959417
 
 
@@ -92,7 +84,7 @@ def test_contexts_for_devices() -> None:
 
 def test_class_count_is_read_from_the_symbol(small_model_prefix: Path) -> None:
     symbol = Path(f"{small_model_prefix}-symbol.json")
-    assert network_class_count(symbol, SMALL_EDGE) == len(SMALL_CLASSES)
+    assert network_class_count(symbol, (3, SMALL_EDGE, SMALL_EDGE)) == len(SMALL_CLASSES)
 
 
 def copy_checkpoint(prefix: Path, target: Path) -> Path:
@@ -186,7 +178,9 @@ def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detect
     tensors = [to_tensor(reduced.pixels, SMALL_EDGE), to_tensor(full, SMALL_EDGE)]
     found = [
         sorted(
-            to_detections(raw, 4000, 3000, SMALL_EDGE, detector.classes, 0.5),
+            to_detections(
+                raw, Placement.stretched(4000, 3000, SMALL_EDGE, SMALL_EDGE), detector.classes, 0.5
+            ),
             key=lambda d: (d.object_class, d.x),
         )
         for raw in detector.forward(tensors)

@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.jpegs import with_exif_orientation
-from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_PREFIX
 from predictor.data.strokes import DIGIT_TEMPLATES
+from tests.support.jpegs import with_exif_orientation
+from tests.support.server_process import ServerProcess
 
 from .conftest import ARTIFACTS, REPO_ROOT, SMALL_EDGE, encode_jpeg, known_objects, scene
 

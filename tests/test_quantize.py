@@ -16,21 +16,15 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bench.server_process import ServerProcess
 from predictor.cli import main
 from predictor.config import DeviceSpec
 from predictor.data import FixtureObject, render_fixture, synthesize
-from predictor.imaging import prepare
-from predictor.model import (
-    CheckpointError,
-    Detection,
-    Detector,
-    checkpoint_dtype,
-    load_detectors,
-    resolve_checkpoint,
-    to_detections,
-)
-from predictor.quantize import QuantizeError, quantize_checkpoint
+from predictor.detections import Detection, to_detections
+from predictor.errors import CheckpointError
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import Detector, checkpoint_dtype, load_detectors, resolve_checkpoint
+from predictor.runtime.quantize import QuantizeError, quantize_checkpoint
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg, load_symbol, run_symbol, scene
 
@@ -97,7 +91,7 @@ def detect(detector: Detector, jpegs: list[bytes], threshold: float) -> list[lis
     images = [prepare(data, SMALL_EDGE, 10**9) for data in jpegs]
     outputs = detector.forward([image.tensor for image in images])
     return [
-        to_detections(raw, image.width, image.height, SMALL_EDGE, detector.classes, threshold)
+        to_detections(raw, image.placement, detector.classes, threshold)
         for image, raw in zip(images, outputs, strict=True)
     ]
 

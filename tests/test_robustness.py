@@ -1,7 +1,7 @@
 """Overload, deadlines, abandoned requests, failing forward passes and draining, on a real server.
 
 Every test starts `predictor serve` in a child process on a loopback port
-(`bench.server_process.ServerProcess`) and talks to it over real sockets; traffic
+(`tests.support.server_process.ServerProcess`) and talks to it over real sockets; traffic
 goes to 127.0.0.1 only, every load is bounded in time and count, and stops by
 itself. No test asserts a speed: the bounds below are correctness bounds (a
 request is never kept waiting without limit), set far above what a healthy
@@ -28,8 +28,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bench.server_process import ServerProcess
 from bench.storm import storm
+from tests.support.prometheus import metric_total
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -52,11 +53,8 @@ def metrics_of(server: ServerProcess) -> str:
 
 
 def metric(text: str, name: str) -> float:
-    """One sample's value from Prometheus text (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
+    """A metric's value over every model (0 when absent)."""
+    return metric_total(text, name)
 
 
 def detection_counts(text: str) -> Counter[int]:
@@ -267,7 +265,9 @@ def test_a_failing_forward_pass_is_500_for_its_batch_and_the_server_recovers(
     failures = [line for line in log.splitlines() if "forward pass failed" in line]
     assert failures, log
     # One line per failure streak, with the replica, the batch and the reason.
-    assert "ERROR predictor.batching: forward pass failed on replica cpu(0) (batch of 1" in log
+    assert (
+        "ERROR predictor.service.batching: forward pass failed on replica cpu(0) (batch of 1" in log
+    )
     assert all("potrf failed in lapack" in line for line in failures)
     assert len(failures) == metric(text, "predictor_inference_failures_total")
     assert "recovered after 1 failed forward passes" in log

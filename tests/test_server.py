@@ -20,16 +20,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from bench.jpegs import (
+from predictor.config import DeviceSpec, Settings
+from predictor.http.app import create_app
+from predictor.http.page import render_index
+from predictor.http.predict import wants_image
+from predictor.runtime.model import Detector, load_detectors
+from tests.support.jpegs import (
     extended_jpeg_12bit,
     lossless_jpeg,
     with_declared_size,
     with_exif_orientation,
 )
-from predictor.app import create_app, wants_image
-from predictor.config import DeviceSpec, Settings
-from predictor.model import Detector, load_detectors
-from predictor.page import render_index
+from tests.support.prometheus import metric_total
 
 from .conftest import SMALL_CLASSES, encode_jpeg, scene, settings_with
 
@@ -265,8 +267,8 @@ async def test_metrics_count_requests_statuses_and_queue(client: Client) -> None
     assert re.search(r'predictor_requests_total\{route="/predict",status="200"\} 1\.0', text)
     assert re.search(r'predictor_requests_total\{route="/predict",status="400"\} 1\.0', text)
     assert "predictor_request_duration_seconds_bucket" in text
-    assert "predictor_batch_size_count 1.0" in text
-    assert "predictor_queue_depth 0.0" in text
+    assert metric_value(text, "predictor_batch_size_count") == 1
+    assert metric_value(text, "predictor_queue_depth") == 0
     assert "process_resident_memory_bytes" in text
 
 
@@ -302,17 +304,18 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     async with client.get("/metrics") as response:
         text = await response.text()
     passes = metric_value(text, "predictor_batch_size_count")
-    single_image_passes = metric_value(text, 'predictor_batch_size_bucket{le="1.0"}')
+    single_image_passes = metric_value(text, "predictor_batch_size_bucket", le="1.0")
     assert passes - single_image_passes >= 1, "the concurrent burst formed no batch of 2+"
     assert metric_value(text, "predictor_batch_size_sum") == 64  # every image ran exactly once
 
 
-def metric_value(text: str, name: str) -> float:
-    """The value of one sample in Prometheus text format."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A metric's value over every model; the metric must be there."""
+    assert (
+        name.split("{")[0].removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+        in text
+    ), f"{name} not in /metrics"
+    return metric_total(text, name, **labels)
 
 
 async def test_chunked_upload_over_the_limit_is_413(
@@ -560,6 +563,16 @@ async def test_info_tells_clients_the_settings(client: Client) -> None:
         "modelEdge": 300,
         "defaultThreshold": 0.5,
         "classes": list(SMALL_CLASSES),
+        "defaultModel": "ssd300_digits_shapes",
+        "models": [
+            {
+                "name": "ssd300_digits_shapes",
+                "classes": list(SMALL_CLASSES),
+                "inputWidth": 300,
+                "inputHeight": 300,
+                "resize": "stretch",
+            }
+        ],
         "maxBodyBytes": 20 * 1024 * 1024,
         "maxImagePixels": 50_000_000,
         "authRequired": False,
@@ -775,7 +788,7 @@ async def test_request_past_its_deadline_gets_504_json(
     async with client.get("/metrics") as response:
         text = await response.text()
     assert metric_value(text, "predictor_deadline_exceeded_total") == 1
-    assert "predictor_batch_size_count 0.0" in text, "a timed-out image is never computed"
+    assert metric_value(text, "predictor_batch_size_count") == 0, "a timed-out image is never run"
 
 
 # ------------------------------------------------------------------ API key

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.server_process import ServerProcess
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from predictor.data import synthesize
-from predictor.model import Detection
-from predictor.render import draw_detections
+from predictor.detections import Detection
+from predictor.runtime.render import draw_detections
 from predictor.training.evaluate import evaluate_checkpoint
+from tests.support.server_process import ServerProcess
 
 from .conftest import REPO_ROOT, known_objects
 

@@ -1,4 +1,4 @@
-"""The preprocessing pool runs below the forward pass's CPU priority (`predictor.threads`)."""
+"""The preprocessing pool runs below the forward pass's priority (`predictor.runtime.threads`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.server_process import ServerProcess
-from predictor.threads import OPENMP_VARIABLE, configure_openmp, lower_priority, preprocess_pool
+from predictor.runtime.threads import (
+    OPENMP_VARIABLE,
+    configure_openmp,
+    lower_priority,
+    preprocess_pool,
+)
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, scene
 
@@ -84,7 +89,7 @@ def test_the_server_decodes_at_preprocess_nice(small_model_prefix: Path, nice: i
 _THREADS_AFTER_A_FORWARD = """
 import os, sys
 from pathlib import Path
-from predictor.threads import configure_openmp
+from predictor.runtime.threads import configure_openmp
 if sys.argv[1] != "default":
     assert configure_openmp(int(sys.argv[1]))
 import mxnet as mx

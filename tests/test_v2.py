@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 routes, driven by the real `tritonclient` and by raw requests.
 
-A real `predictor serve` (bench.server_process) answers NVIDIA's own client
+A real `predictor serve` (tests.support.server_process) answers NVIDIA's own client
 library, in its default binary form and in JSON, and every answer is checked
 against what ``/predict`` says for the same image and threshold. Malformed v2
 requests go over raw sockets (urllib) to the same process, which must answer
@@ -27,18 +27,19 @@ import tritonclient.http as triton
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bench.server_process import ServerProcess
-from predictor.app import create_app
-from predictor.config import ConfigError, Settings
-from predictor.model import Detection, Detector
-from predictor.serving import BATCHER_KEY
-from predictor.v2 import (
+from predictor.config import Settings
+from predictor.detections import Detection
+from predictor.errors import ConfigError
+from predictor.http.app import REGISTRY_KEY, create_app
+from predictor.http.v2_codec import (
     HEADER_LENGTH,
     RequestedOutput,
     V2RequestError,
     encode_infer_response,
     parse_infer_request,
 )
+from predictor.runtime.model import Detector
+from tests.support.server_process import ServerProcess
 
 from .conftest import SMALL_EDGE, encode_jpeg, known_objects, scene, settings_with
 
@@ -310,9 +311,9 @@ MALFORMED: dict[str, tuple[tuple[bytes, dict[str, str]], str]] = {
         json_request({"inputs": [image_tensor(shape=[2], data=[B64])]}),
         "'data' holds 1 elements; shape [2]",
     ),
-    "shape of rank 2": (
-        json_request({"inputs": [image_tensor(shape=[1, 1], data=[[B64]])]}),
-        "expected [N]",
+    "shape [N, 2]": (
+        json_request({"inputs": [image_tensor(shape=[1, 2], data=[[B64, B64]])]}),
+        "expected [N] or [N, 1]",
     ),
     "shape says 1, binary data holds 2": (
         binary_request(
@@ -559,7 +560,7 @@ async def test_full_queue_is_503_for_the_whole_request(
     aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
 ) -> None:
     client = await client_with(aiohttp_client, small_settings, detectors, queue_max=3)
-    batcher = client.app[BATCHER_KEY]
+    batcher = client.app[REGISTRY_KEY].default.batcher
     name = small_settings.served_model_name
     held = [batcher.admit(), batcher.admit()]  # two places taken by other requests
     body, headers = triton_body([JPEG_BYTES, JPEG_BYTES])
@@ -600,7 +601,7 @@ async def test_a_bad_image_among_several_names_it(
     async with client.post(f"/v2/models/{name}/infer", data=body, headers=headers) as response:
         assert response.status == 400
         assert (await response.json())["error"].startswith("image 2 of 2: ")
-    assert client.app[BATCHER_KEY].queue_depth == 0
+    assert client.app[REGISTRY_KEY].default.batcher.queue_depth == 0
 
 
 # ------------------------------------------------------------------ the codec alone

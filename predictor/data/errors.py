@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from predictor.errors import PredictorError
 
-class DatasetError(Exception):
+
+class DatasetError(PredictorError):
     """A dataset file is missing, malformed or inconsistent.
 
     The message always starts with the offending file, then the line (and column) when the

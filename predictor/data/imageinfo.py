@@ -9,7 +9,8 @@ from typing import BinaryIO
 import cv2
 
 from predictor.data.errors import DatasetError
-from predictor.imaging import ImageError, jpeg_size
+from predictor.errors import ImageError
+from predictor.runtime.imaging import jpeg_size
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

@@ -18,7 +18,7 @@ const JPEG_QUALITY = 0.92;
 // strokes of 5-14% of their height; a digit drawn across most of the pad gets ~7%.
 const PEN_WIDTH_RATIO = 0.055;
 
-// The colours of predictor/render.py (there BGR, here RGB), chosen the same way,
+// The colours of predictor/runtime/render.py (there BGR, here RGB), chosen the same way,
 // so a class has the same colour here and in `?render=true` pictures.
 const PALETTE = [
   [255, 48, 48], [48, 200, 48], [0, 128, 255], [255, 200, 0], [200, 0, 200],

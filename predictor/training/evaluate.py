@@ -1,7 +1,7 @@
 """Scoring a checkpoint on a labelled dataset, through the serving code path.
 
-Images are decoded and preprocessed by `predictor.imaging` and run by
-`predictor.model.Detector`, exactly as the server does, so a regression in
+Images are decoded and preprocessed by `predictor.runtime.imaging` and run by
+`predictor.runtime.model.Detector`, exactly as the server does, so a regression in
 preprocessing (colour order, normalisation, resizing) or in box mapping shows
 up as a lower mAP here.
 """
@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from predictor.config import DeviceSpec
 from predictor.data import load_dataset
-from predictor.model import load_detectors
 from predictor.offline import detect_files
+from predictor.runtime.model import load_detectors
 from predictor.training.detection_metrics import (
     EvaluationReport,
     GroundTruth,

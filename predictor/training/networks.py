@@ -19,6 +19,8 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
+from predictor.errors import PredictorError
+
 # Presets whose declared steps do not match their feature maps: the preset's own
 # arguments (gluoncv/model_zoo/ssd/presets.py), to rebuild them with real steps.
 _MISCONFIGURED_PRESETS: dict[str, dict[str, Any]] = {
@@ -97,7 +99,7 @@ def _conv_bn_relu(channels: int, kernel: int, stride: int) -> list[mx.gluon.Hybr
     ]
 
 
-class AnchorError(ValueError):
+class AnchorError(PredictorError, ValueError):
     """A network's anchors leave part of its input uncovered."""
 
 

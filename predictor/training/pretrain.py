@@ -28,7 +28,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from predictor.data import Dataset, ImageRecord
-from predictor.imaging import to_tensor
+from predictor.runtime.imaging import to_tensor
 
 CROP_EDGE = 96
 """Side of the crops in pixels: the stride-32 features are then 3x3 cells."""

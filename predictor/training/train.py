@@ -5,7 +5,7 @@ augmented on a thread pool while the previous batch trains), SSD targets from
 GluonCV's matcher, multibox loss with hard-negative mining, Adam with a linear
 warm-up and cosine decay. After every epoch the network is exported to the
 serving checkpoint format and scored on the validation set through the very
-code path the server uses (`predictor.model.Detector`), so the reported mAP
+code path the server uses (`predictor.runtime.model.Detector`), so the reported mAP
 is the mAP users get.
 
 Every epoch also writes a resumable state (weights, optimiser state, epoch,
@@ -32,8 +32,10 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from predictor.checkpoint import Checkpoint, Preprocessing
 from predictor.data import Dataset, ImageRecord, TrainAugment, load_dataset
-from predictor.imaging import to_tensor
+from predictor.errors import PredictorError
+from predictor.runtime.imaging import to_tensor
 from predictor.training.config import TrainConfig
 from predictor.training.networks import AnchorError, build_ssd, check_anchor_coverage
 
@@ -46,7 +48,7 @@ STATE_FILE = "state.json"
 Batch = tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PredictorError):
     """Training cannot start or continue; the message says why."""
 
 
@@ -246,7 +248,10 @@ def _pretrain(
 def export_checkpoint(
     params_path: Path, config: TrainConfig, classes: Sequence[str], prefix: Path
 ) -> None:
-    """Write ``prefix``-symbol.json, -0000.params and synset.txt, as the server loads them.
+    """Write the checkpoint at ``prefix`` as the server loads it (`predictor.checkpoint`).
+
+    Its preprocessing declaration is predictor's own transform at the
+    training edge (`Preprocessing.predictor`), which training feeds the network.
 
     Builds a separate inference network from the saved weights: re-hybridising
     the training network in predict mode would replace its training graph.
@@ -259,7 +264,9 @@ def export_checkpoint(
         net(mx.nd.zeros((1, 3, config.edge, config.edge)))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     net.export(str(prefix), epoch=0)
-    (prefix.parent / "synset.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    checkpoint = Checkpoint(prefix, 0)
+    checkpoint.write_class_names(classes)
+    checkpoint.write_preprocessing(Preprocessing.predictor(config.edge))
 
 
 def _validate(

@@ -12,8 +12,8 @@ import pytest
 
 from predictor.config import DeviceSpec
 from predictor.data import synthesize
-from predictor.imaging import prepare
-from predictor.model import load_detectors
+from predictor.runtime.imaging import prepare
+from predictor.runtime.model import load_detectors
 from predictor.training.config import TrainConfig
 from predictor.training.train import TrainingError, TrainState, train
 

@@ -1,10 +1,10 @@
 """Model loading and inference: an exported MXNet SSD checkpoint on one device.
 
-A checkpoint is what `HybridBlock.export` writes: ``PREFIX-symbol.json``,
-``PREFIX-EPOCH.params`` (four-digit epoch) and, beside them, ``synset.txt``
-with one class name per line. GluonCV SSD networks take a normalised
-``(batch, 3, edge, edge)`` tensor and return class ids, scores and corner
-boxes in input pixels, already filtered by non-maximum suppression.
+A checkpoint (`predictor.checkpoint`) is what `HybridBlock.export` writes,
+class names and the preprocessing it declares. The network takes a batch of
+preprocessed images in the declared layout (GluonCV's SSDs: normalised
+``(batch, 3, height, width)``) and returns class ids, scores and corner boxes
+in input pixels, already filtered by non-maximum suppression.
 
 MXNet keeps NDArray memory in its own allocator, invisible to Python's memory
 accounting, so this module never lets an NDArray outlive the call that made
@@ -12,7 +12,7 @@ it: inputs live in buffers allocated once per batch size, and outputs are
 copied to numpy and dropped before `forward` returns.
 
 Numeric types (``MODEL_DTYPE``): ``float32`` runs the checkpoint as exported;
-``int8`` runs a checkpoint quantized by `predictor.quantize` (oneDNN kernels,
+``int8`` runs a checkpoint quantized by `predictor.runtime.quantize` (oneDNN kernels,
 CPU only), found at the prefix itself or at ``PREFIX-int8`` beside it;
 ``float16`` converts the float32 network with MXNet's automatic mixed
 precision on a GPU (inputs and outputs stay float32).
@@ -25,54 +25,24 @@ import logging
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mxnet as mx
 import numpy as np
-import numpy.typing as npt
 
+from predictor.checkpoint import (
+    DEFAULT_EDGE,
+    INT8_SUFFIX,
+    Checkpoint,
+    Preprocessing,
+    read_class_names,
+)
 from predictor.config import DeviceSpec
-from predictor.graph import fuse_for_cpu, merge_detection_head
+from predictor.detections import FloatArray, RawDetections
+from predictor.errors import CheckpointError, InferenceError
+from predictor.runtime.graph import fuse_for_cpu, merge_detection_head
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
-
-# Where `predictor quantize` writes the int8 version of PREFIX by default.
-INT8_SUFFIX = "-int8"
-
-
-class CheckpointError(RuntimeError):
-    """The checkpoint is missing, unreadable or inconsistent; the message names the file."""
-
-
-class InferenceError(RuntimeError):
-    """A forward pass failed on the device (e.g. out of memory)."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The three files of an exported model."""
-
-    symbol_path: Path
-    params_path: Path
-    synset_path: Path
-
-    @classmethod
-    def from_prefix(cls, prefix: Path | str, epoch: int = 0) -> Checkpoint:
-        """The checkpoint at ``prefix`` for ``epoch``; raises if a file is missing."""
-        prefix = Path(prefix)
-        checkpoint = cls(
-            symbol_path=Path(f"{prefix}-symbol.json"),
-            params_path=Path(f"{prefix}-{epoch:04d}.params"),
-            synset_path=prefix.parent / "synset.txt",
-        )
-        for path in (checkpoint.symbol_path, checkpoint.params_path, checkpoint.synset_path):
-            if not path.is_file():
-                raise CheckpointError(f"model file not found: {path}")
-        return checkpoint
 
 
 def checkpoint_dtype(symbol_path: Path) -> str:
@@ -111,31 +81,18 @@ def resolve_checkpoint(prefix: Path | str, epoch: int, dtype: str | None) -> Che
     if found == "int8":
         return checkpoint
     quantized_prefix = Path(f"{prefix}{INT8_SUFFIX}")
-    if not Path(f"{quantized_prefix}-symbol.json").is_file():
+    quantized = Checkpoint(quantized_prefix, epoch, fallback_preprocess=checkpoint.preprocess_path)
+    if not quantized.symbol_path.is_file():
         raise CheckpointError(
             f"MODEL_DTYPE=int8: {checkpoint.symbol_path} is a float32 checkpoint and "
-            f"{quantized_prefix}-symbol.json does not exist; write it with "
+            f"{quantized.symbol_path} does not exist; write it with "
             f"`predictor quantize --model {prefix} --calib DIR` "
             "(DIR: a few hundred images like the training images)"
         )
-    quantized = Checkpoint.from_prefix(quantized_prefix, epoch)
+    quantized.require()
     if checkpoint_dtype(quantized.symbol_path) != "int8":
         raise CheckpointError(f"{quantized.symbol_path} is not a quantized checkpoint")
     return quantized
-
-
-def read_class_names(path: Path) -> list[str]:
-    """Class names from ``synset.txt``: one per line, blank lines ignored."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read class names from {path}: {exc}") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise CheckpointError(f"{path} lists no class names")
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"{path} lists a class name twice")
-    return names
 
 
 def contexts_for(devices: DeviceSpec) -> list[mx.Context]:
@@ -143,38 +100,6 @@ def contexts_for(devices: DeviceSpec) -> list[mx.Context]:
     if devices.gpus:
         return [mx.gpu(index) for index in devices.gpus]
     return [mx.cpu(index) for index in range(devices.cpu_replicas)]
-
-
-@dataclass(frozen=True)
-class RawDetections:
-    """One image's network output, in network-input pixels, unfiltered."""
-
-    class_ids: FloatArray  # (N,)
-    scores: FloatArray  # (N,)
-    boxes: FloatArray  # (N, 4) xmin, ymin, xmax, ymax
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One object found in an image, in pixels of the original image."""
-
-    object_class: str
-    probability: float
-    x: int
-    y: int
-    width: int
-    height: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The contract's field names."""
-        return {
-            "objectClass": self.object_class,
-            "probability": self.probability,
-            "x": self.x,
-            "y": self.y,
-            "width": self.width,
-            "height": self.height,
-        }
 
 
 class Detector:
@@ -188,39 +113,55 @@ class Detector:
         self,
         checkpoint: Checkpoint,
         context: mx.Context,
-        edge: int,
+        preprocessing: Preprocessing | int,
         max_batch: int,
         dtype: str = "float32",
     ) -> None:
+        """Load ``checkpoint`` on ``context``.
+
+        ``preprocessing`` is how its inputs are made; a bare edge means the
+        checkpoint's own declaration (GluonCV's transform when it has none)
+        at that square size.
+        """
+        if isinstance(preprocessing, int):
+            declared, _ = checkpoint.preprocessing(preprocessing)
+            preprocessing = declared.with_edge(preprocessing)
         self.checkpoint = checkpoint
         self.context = context
-        self.edge = edge
+        self.preprocessing = preprocessing
+        self.input_shape = preprocessing.input_shape
+        # The square input edge (the larger side of a rectangular input).
+        self.edge = max(preprocessing.width, preprocessing.height)
         self.max_batch = max_batch
         self.dtype = dtype
         self.classes = read_class_names(checkpoint.synset_path)
         self._check_class_count()
-        self._net = _load_symbol_block(checkpoint, context, edge)
+        self._net = _load_symbol_block(checkpoint, context, self.input_shape)
         if dtype == "float16":
             self._net = _mixed_precision(self._net, context)
         # static_alloc/static_shape: MXNet plans memory once per input shape and
         # reuses it, instead of allocating on every call.
         self._net.hybridize(static_alloc=True, static_shape=True)
-        self._staging = np.zeros((max_batch, 3, edge, edge), dtype=np.float32)
+        self._staging = np.zeros((max_batch, *self.input_shape), dtype=np.float32)
         self._inputs: dict[int, mx.nd.NDArray] = {}
         self._lock = threading.Lock()
         self.batches_run = 0  # forward passes so far, warm-up included
 
     def _check_class_count(self) -> None:
-        expected = network_class_count(self.checkpoint.symbol_path, self.edge)
+        expected = network_class_count(self.checkpoint.symbol_path, self.input_shape)
         if expected is not None and expected != len(self.classes):
             raise CheckpointError(
                 f"{self.checkpoint.synset_path} lists {len(self.classes)} classes but "
                 f"{self.checkpoint.symbol_path} predicts {expected}"
             )
 
+    def describe_device(self) -> str:
+        """The device, e.g. ``cpu(0)`` or ``gpu(1)``."""
+        return str(self.context)
+
     def warm_up(self) -> None:
         """Run every batch size once so that no request pays for graph set-up."""
-        zeros = np.zeros((3, self.edge, self.edge), dtype=np.float32)
+        zeros = np.zeros(self.input_shape, dtype=np.float32)
         for size in range(1, self.max_batch + 1):
             self.forward([zeros] * size)
 
@@ -253,7 +194,7 @@ class Detector:
     def _input_buffer(self, count: int) -> mx.nd.NDArray:
         buffer = self._inputs.get(count)
         if buffer is None:
-            buffer = mx.nd.zeros((count, 3, self.edge, self.edge), ctx=self.context)
+            buffer = mx.nd.zeros((count, *self.input_shape), ctx=self.context)
             self._inputs[count] = buffer
         return buffer
 
@@ -268,26 +209,30 @@ class Detector:
 def load_detectors(
     prefix: Path,
     epoch: int,
-    edge: int,
+    edge: int | None,
     devices: DeviceSpec,
     max_batch: int,
     dtype: str | None = None,
 ) -> list[Detector]:
     """Load and warm one replica per device; raise `CheckpointError` naming a bad file.
 
-    ``dtype`` is ``MODEL_DTYPE`` (see `resolve_checkpoint`); None runs the
-    checkpoint at ``prefix`` in the type it was written in.
+    The preprocessing is what the checkpoint declares (GluonCV's transform
+    when it declares none); ``edge``, when given, overrides its input size
+    with that square. ``dtype`` is ``MODEL_DTYPE`` (see `resolve_checkpoint`);
+    None runs the checkpoint at ``prefix`` in the type it was written in.
     """
     checkpoint = resolve_checkpoint(prefix, epoch, dtype)
     dtype = dtype or checkpoint_dtype(checkpoint.symbol_path)
+    preprocessing = checkpoint_preprocessing(checkpoint, edge)
     detectors = []
     for context in contexts_for(devices):
-        detector = Detector(checkpoint, context, edge, max_batch, dtype)
+        detector = Detector(checkpoint, context, preprocessing, max_batch, dtype)
         try:
             detector.warm_up()
         except InferenceError as exc:
+            size = f"{preprocessing.width}x{preprocessing.height}"
             raise CheckpointError(
-                f"{checkpoint.symbol_path} does not run on {edge}x{edge} inputs on {context}: {exc}"
+                f"{checkpoint.symbol_path} does not run on {size} inputs on {context}: {exc}"
             ) from None
         detectors.append(detector)
         log.info(
@@ -300,58 +245,24 @@ def load_detectors(
     return detectors
 
 
-def to_detections(
-    raw: RawDetections,
-    width: int,
-    height: int,
-    edge: int,
-    classes: Sequence[str],
-    threshold: float,
-) -> list[Detection]:
-    """Keep confident, finite detections and map them to the original image's pixels.
-
-    Boxes are clipped to the image; ``x``, ``y`` is the top-left corner. An
-    untrained or broken network emits NaN or infinite values: those rows are
-    dropped here so that they never reach a client.
-    """
-    ids, scores, boxes = raw.class_ids, raw.scores, raw.boxes
-    with np.errstate(invalid="ignore"):
-        keep = (
-            np.isfinite(scores)
-            & (scores > threshold)
-            & np.isfinite(ids)
-            & (ids >= 0)
-            & (ids < len(classes))
-            & np.isfinite(boxes).all(axis=1)
-        )
-    order = [int(i) for i in np.flatnonzero(keep)]
-    order.sort(key=lambda i: -float(scores[i]))
-    scale_x = width / edge
-    scale_y = height / edge
-    detections = []
-    for i in order:
-        xmin, ymin, xmax, ymax = (float(v) for v in boxes[i])
-        left = _clip(round(xmin * scale_x), width)
-        top = _clip(round(ymin * scale_y), height)
-        right = _clip(round(xmax * scale_x), width)
-        bottom = _clip(round(ymax * scale_y), height)
-        if right <= left or bottom <= top:
-            continue
-        detections.append(
-            Detection(
-                object_class=classes[int(ids[i])],
-                # float32's shortest repr, e.g. 0.9959417 rather than 0.995941698551178.
-                probability=float(str(scores[i])),
-                x=left,
-                y=top,
-                width=right - left,
-                height=bottom - top,
-            )
-        )
-    return detections
+def checkpoint_preprocessing(checkpoint: Checkpoint, edge: int | None) -> Preprocessing:
+    """The checkpoint's declared preprocessing (GluonCV's if none), at ``edge`` when given."""
+    default_edge = edge if edge is not None else DEFAULT_EDGE
+    preprocessing, declared = checkpoint.preprocessing(default_edge)
+    if edge is not None and (preprocessing.width, preprocessing.height) != (edge, edge):
+        preprocessing = preprocessing.with_edge(edge)
+    log.info(
+        "model %s preprocessing (%s): %s",
+        checkpoint.prefix,
+        f"declared in {checkpoint.preprocess_path.name}"
+        if declared
+        else "none declared: GluonCV's SSD transform",
+        preprocessing.describe(),
+    )
+    return preprocessing
 
 
-def network_class_count(symbol_path: Path, edge: int) -> int | None:
+def network_class_count(symbol_path: Path, input_shape: tuple[int, ...]) -> int | None:
     """Number of object classes the network predicts, or None if it cannot be told.
 
     GluonCV SSDs end in a softmax over ``classes + 1`` (background first);
@@ -371,7 +282,7 @@ def network_class_count(symbol_path: Path, edge: int) -> int | None:
     try:
         symbol = mx.sym.load(str(symbol_path))
         internal = symbol.get_internals()[softmax_names[-1] + "_output"]
-        _, out_shapes, _ = internal.infer_shape(data=(1, 3, edge, edge))
+        _, out_shapes, _ = internal.infer_shape(data=(1, *input_shape))
     except (mx.base.MXNetError, ValueError, KeyError):
         return None
     if not out_shapes or not out_shapes[0]:
@@ -380,7 +291,7 @@ def network_class_count(symbol_path: Path, edge: int) -> int | None:
 
 
 def _load_symbol_block(
-    checkpoint: Checkpoint, context: mx.Context, edge: int
+    checkpoint: Checkpoint, context: mx.Context, input_shape: tuple[int, ...]
 ) -> mx.gluon.SymbolBlock:
     try:
         with warnings.catch_warnings():
@@ -401,7 +312,7 @@ def _load_symbol_block(
         raise CheckpointError(f"{checkpoint.params_path} holds no named parameters")
     # Files written by `export` prefix names with "arg:" / "aux:"; Gluon's do not.
     weights = {name.split(":", 1)[-1]: value for name, value in loaded.items()}
-    _check_parameter_shapes(symbol, weights, checkpoint, edge)
+    _check_parameter_shapes(symbol, weights, checkpoint, input_shape)
     symbol = fuse_for_cpu(merge_detection_head(symbol), context)
     try:
         with warnings.catch_warnings():
@@ -440,11 +351,11 @@ def _check_parameter_shapes(
     symbol: mx.sym.Symbol,
     weights: dict[str, mx.nd.NDArray],
     checkpoint: Checkpoint,
-    edge: int,
+    input_shape: tuple[int, ...],
 ) -> None:
-    """Compare the weights with the shapes the symbol needs for this input edge."""
+    """Compare the weights with the shapes the symbol needs for this input size."""
     try:
-        arg_shapes, _, aux_shapes = symbol.infer_shape_partial(data=(1, 3, edge, edge))
+        arg_shapes, _, aux_shapes = symbol.infer_shape_partial(data=(1, *input_shape))
     except mx.base.MXNetError:
         return  # the warm-up forward reports what is wrong
     expected = dict(zip(symbol.list_arguments(), arg_shapes or [], strict=False))
@@ -459,10 +370,6 @@ def _check_parameter_shapes(
                 f"parameter {name} has shape {tuple(value.shape)}, "
                 f"the network needs {tuple(needed)}"
             )
-
-
-def _clip(value: int, limit: int) -> int:
-    return max(0, min(limit, value))
 
 
 def _first_line(message: str) -> str:
@@ -481,17 +388,11 @@ def _first_line(message: str) -> str:
 
 
 __all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "Detection",
     "Detector",
-    "InferenceError",
-    "RawDetections",
     "checkpoint_dtype",
+    "checkpoint_preprocessing",
     "contexts_for",
     "load_detectors",
     "network_class_count",
-    "read_class_names",
     "resolve_checkpoint",
-    "to_detections",
 ]

@@ -1,28 +1,15 @@
-"""The Open Inference Protocol v2 (KServe v2, Triton's HTTP/REST API) for the detector.
+"""The Open Inference Protocol v2's messages for the detector: parsing and encoding, no I/O.
 
-Beside the original contract, so that KServe, Triton clients and any other
-v2 client can use the server unchanged::
+The routes are `predictor.http.v2`; this module is pure functions and plain
+types (no aiohttp, no MXNet), so that the parser can be tested and fuzzed on
+its own. The tensors of the detector model:
 
-    GET  /v2                                         server metadata
-    GET  /v2/health/live                             200 while the process answers
-    GET  /v2/health/ready                            200 when /ready is, else 503
-    GET  /v2/models/NAME[/versions/1]                model metadata
-    GET  /v2/models/NAME[/versions/1]/ready          200 when ready, else 503
-    POST /v2/models/NAME[/versions/1]/infer          detection
-    POST /v2/repository/index                        the model (Triton's repository extension)
-    POST /v2/repository/models/NAME/load, /unload    400: the model is loaded once, at start
-
-NAME is ``MODEL_NAME``; any other name is a 404. The model has one input and
-four outputs:
-
-- ``image``: ``BYTES``, shape ``[N]``, N encoded JPEG images (1 <= N <= ``QUEUE_MAX``).
+- ``image``: ``BYTES``, shape ``[N]`` (or ``[N, 1]``), N encoded JPEG images.
   With the binary tensor data extension each element is the raw JPEG, as a
   4-byte little-endian length and the bytes. In JSON each element is a string
   holding the JPEG in base64 (JSON strings cannot hold raw bytes), as KServe's
   image examples send it; ``parameters.content_type``, when given, must be
-  ``"base64"`` (MLServer's name for this encoding). The request's
-  Content-Type is not looked at: v2 clients send ``application/json``,
-  ``application/octet-stream`` or, like tritonclient, none.
+  ``"base64"`` (MLServer's name for this encoding).
 - ``num_detections``: ``INT32`` ``[N]``, detections per image;
 - ``classes``: ``BYTES`` ``[N, K]``, class names;
 - ``probabilities``: ``FP32`` ``[N, K]``, most probable first;
@@ -31,23 +18,11 @@ four outputs:
 
 K is the largest number of detections of one image; the rows of images with
 fewer are padded with ``""``, ``0.0`` and zeros (``num_detections`` says how
-many are real). The request's ``parameters.threshold`` (0..1) plays the part
-of ``?threshold=``. ``outputs`` selects and orders outputs;
-``parameters.binary_data`` of an output, or the request's
-``parameters.binary_data_output``, asks for binary outputs (the default is
-JSON). The request's ``id`` is echoed.
-
-Each image goes through the same path as a ``/predict`` body
-(`predictor.serving`): API key, ``MAX_BODY_BYTES`` for the whole request,
-admission (503), ``REQUEST_TIMEOUT_MS`` (504), failed forward pass (500).
-Errors are ``{"error": "..."}``, which is also the v2 error shape. Parsing
-and encoding are pure functions (`parse_infer_request`,
-`encode_infer_response`); the handlers only tie them to the detection path.
+many are real).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -57,34 +32,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from aiohttp import web
 
 from predictor import __version__
 from predictor.config import parse_probability
-from predictor.model import Detection
-from predictor.serving import (
-    DETECTION_ROUTES_KEY,
-    SETTINGS_KEY,
-    Refused,
-    ServerTiming,
-    admit,
-    deadline_from_now,
-    detect,
-    detect_each,
-    expect_continue,
-    json_error,
-    not_ready_reason,
-    refuse_from_headers,
-    strict_dumps,
-    with_server_timing,
-)
+from predictor.detections import Detection
+from predictor.errors import InvalidInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "predictor"
 MODEL_VERSION = "1"
 PLATFORM = "mxnet_gluoncv_ssd"
 # binary_tensor_data: inputs and outputs after the JSON header; model_repository:
-# POST /v2/repository/index (loading and unloading are refused: one model, loaded at start).
+# POST /v2/repository/index (loading and unloading are refused: models load at start).
 EXTENSIONS = ("binary_tensor_data", "model_repository")
 INPUT_NAME = "image"
 BASE64 = "base64"
@@ -118,7 +77,7 @@ _OUTPUT_NAMES = tuple(spec.name for spec in OUTPUTS)
 _DATATYPES = {spec.name: spec.datatype for spec in OUTPUTS}
 
 
-class V2RequestError(ValueError):
+class V2RequestError(InvalidInput):
     """A malformed v2 inference request; the message says what is wrong (answered 400)."""
 
 
@@ -201,6 +160,16 @@ def _load_json(header: bytes) -> Any:
         raise V2RequestError(f"the request is not valid JSON: {exc}") from None
     except RecursionError:
         raise V2RequestError("the request's JSON is nested too deeply") from None
+
+
+def strict_dumps(value: Any) -> str:
+    """Compact JSON that refuses NaN and infinities instead of emitting invalid JSON."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def load_json_object(body: bytes, where: str) -> dict[str, Any]:
+    """``body`` parsed as a JSON object; `V2RequestError` saying what is wrong otherwise."""
+    return _object(_load_json(body), where)
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -292,15 +261,16 @@ def _images(
 
 
 def _image_count(shape: Any, max_images: int, where: str) -> int:
+    # [N], or [N, 1] as Triton's perf_analyzer batches a one-element tensor.
     valid = (
         isinstance(shape, list)
-        and len(shape) == 1
-        and isinstance(shape[0], int)
-        and not isinstance(shape[0], bool)
+        and len(shape) in (1, 2)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
         and shape[0] >= 1
+        and shape[1:] in ([], [1])
     )
     if not valid:
-        raise V2RequestError(f"{where}: shape {shape!r}; expected [N], N >= 1 images")
+        raise V2RequestError(f"{where}: shape {shape!r}; expected [N] or [N, 1], N >= 1 images")
     count: int = shape[0]
     if count > max_images:
         raise V2RequestError(
@@ -540,154 +510,3 @@ def model_metadata(model_name: str) -> dict[str, Any]:
         "inputs": [INPUT.to_json()],
         "outputs": [spec.to_json() for spec in OUTPUTS],
     }
-
-
-# ------------------------------------------------------------------ routes
-
-
-def add_v2_routes(app: web.Application) -> None:
-    """Register the v2 routes; their inference requests count as detection requests."""
-    router = app.router
-    router.add_get("/v2", server_metadata_endpoint)
-    router.add_get("/v2/health/live", live)
-    router.add_get("/v2/health/ready", server_ready)
-    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        router.add_get(model, model_metadata_endpoint)
-        router.add_get(model + "/ready", model_ready)
-        router.add_post(model + "/infer", infer, expect_handler=expect_continue)
-        app[DETECTION_ROUTES_KEY].add(model + "/infer")
-    router.add_post("/v2/repository/index", repository_index)
-    router.add_post("/v2/repository/models/{name}/{action:load|unload}", repository_control)
-
-
-def _unknown_model(request: web.Request) -> web.Response | None:
-    """404 unless the path names this server's model (and its one version)."""
-    served = request.app[SETTINGS_KEY].served_model_name
-    name = request.match_info["name"]
-    if name != served:
-        return json_error(404, f"unknown model {name!r}; this server serves {served!r}")
-    version = request.match_info.get("version")
-    if version is not None and version != MODEL_VERSION:
-        return json_error(
-            404, f"model {name!r} has no version {version!r}; its version is {MODEL_VERSION!r}"
-        )
-    return None
-
-
-async def server_metadata_endpoint(request: web.Request) -> web.Response:
-    """``GET /v2``."""
-    return web.json_response(server_metadata())
-
-
-async def live(request: web.Request) -> web.Response:
-    """``GET /v2/health/live``: the process answers (as ``/health``)."""
-    return web.json_response({"live": True})
-
-
-async def server_ready(request: web.Request) -> web.Response:
-    """``GET /v2/health/ready``: 200 when ``/ready`` is, else 503 with the reason."""
-    reason = not_ready_reason(request.app)
-    if reason is not None:
-        return json_error(503, reason)
-    return web.json_response({"ready": True})
-
-
-async def model_metadata_endpoint(request: web.Request) -> web.Response:
-    """``GET /v2/models/NAME``."""
-    unknown = _unknown_model(request)
-    if unknown is not None:
-        return unknown
-    return web.json_response(model_metadata(request.app[SETTINGS_KEY].served_model_name))
-
-
-async def model_ready(request: web.Request) -> web.Response:
-    """``GET /v2/models/NAME/ready``: 200 when the model answers requests, else 503."""
-    unknown = _unknown_model(request)
-    if unknown is not None:
-        return unknown
-    reason = not_ready_reason(request.app)
-    if reason is not None:
-        return json_error(503, reason)
-    return web.json_response({"name": request.app[SETTINGS_KEY].served_model_name, "ready": True})
-
-
-async def repository_index(request: web.Request) -> web.Response:
-    """``POST /v2/repository/index``: the one model, its version and state.
-
-    The optional body ``{"ready": true}`` lists only models that are ready.
-    """
-    body = await request.read()
-    only_ready = False
-    if body.strip():
-        try:
-            query = _object(_load_json(body), "the request")
-            only_ready = _bool(query.get("ready", False), "ready")
-        except V2RequestError as exc:
-            return json_error(400, str(exc))
-    reason = not_ready_reason(request.app)
-    entry: dict[str, Any] = {
-        "name": request.app[SETTINGS_KEY].served_model_name,
-        "version": MODEL_VERSION,
-        "state": "READY" if reason is None else "UNAVAILABLE",
-    }
-    if reason is not None:
-        entry["reason"] = reason
-    return web.json_response([] if only_ready and reason is not None else [entry])
-
-
-async def repository_control(request: web.Request) -> web.Response:
-    """``POST /v2/repository/models/NAME/load`` or ``/unload``: refused, with the reason."""
-    action = request.match_info["action"]
-    return json_error(
-        400,
-        f"cannot {action} models: this server serves one model, loaded at start from "
-        "MODEL_PREFIX (change it and restart to serve another)",
-    )
-
-
-@with_server_timing
-async def infer(request: web.Request, timing: ServerTiming) -> web.Response:
-    """``POST /v2/models/NAME/infer``: detect objects in the request's images."""
-    app = request.app
-    settings = app[SETTINGS_KEY]
-    refusal = refuse_from_headers(request)
-    if refusal is not None:
-        return refusal
-    unknown = _unknown_model(request)
-    if unknown is not None:
-        return unknown
-    body = await request.read()
-    header_length = request.headers.get(HEADER_LENGTH)
-    try:
-        if len(body) > PARSE_INLINE_MAX_BYTES and header_length is None:
-            parsed = await asyncio.to_thread(
-                parse_infer_request, body, header_length, settings.queue_max
-            )
-        else:
-            parsed = parse_infer_request(body, header_length, settings.queue_max)
-    except V2RequestError as exc:
-        return json_error(400, str(exc))
-    timing.step("read")
-    threshold = settings.probability_threshold if parsed.threshold is None else parsed.threshold
-    try:
-        if len(parsed.images) == 1:
-            (admission,) = admit(app)
-            found = await detect(
-                app, admission, parsed.images[0], deadline_from_now(app), threshold, timing
-            )
-            detections = [found]
-        else:
-            detections = await detect_each(app, parsed.images, threshold)
-            timing.step("detect")
-    except Refused as refused:
-        return refused.response()
-    payload, json_length = encode_infer_response(
-        settings.served_model_name, parsed.request_id, detections, parsed.outputs
-    )
-    if json_length is None:
-        return web.Response(body=payload, content_type="application/json")
-    return web.Response(
-        body=payload,
-        content_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(json_length)},
-    )

@@ -31,9 +31,10 @@ import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization
 
-from predictor.imaging import ImageError, prepare
-from predictor.model import INT8_SUFFIX, Checkpoint, CheckpointError, checkpoint_dtype
-from predictor.offline import find_images
+from predictor.checkpoint import INT8_SUFFIX, Checkpoint, Preprocessing
+from predictor.errors import CheckpointError, ImageError, PredictorError
+from predictor.runtime.imaging import find_images, prepare
+from predictor.runtime.model import checkpoint_dtype, checkpoint_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ FLOAT_OPERATORS = ("Flatten", "Concat")
 CALIBRATION_BATCH = 8
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(PredictorError):
     """The checkpoint cannot be quantized as asked; the message says why."""
 
 
@@ -66,12 +67,14 @@ def default_output(prefix: Path) -> Path:
 class _CalibrationImages(mx.io.DataIter):  # type: ignore[misc]
     """Decodes calibration files batch by batch, as the server would, to bound memory."""
 
-    def __init__(self, files: Sequence[Path], edge: int, batch_size: int) -> None:
+    def __init__(
+        self, files: Sequence[Path], preprocessing: Preprocessing, batch_size: int
+    ) -> None:
         super().__init__(batch_size)
         self._files = list(files)
-        self._edge = edge
+        self._preprocessing = preprocessing
         self._next = 0
-        self.provide_data = [mx.io.DataDesc("data", (batch_size, 3, edge, edge))]
+        self.provide_data = [mx.io.DataDesc("data", (batch_size, *preprocessing.input_shape))]
         self.provide_label: list[mx.io.DataDesc] = []
 
     def reset(self) -> None:
@@ -84,7 +87,7 @@ class _CalibrationImages(mx.io.DataIter):  # type: ignore[misc]
         self._next += self.batch_size
         batch = np.stack(
             [
-                prepare(p.read_bytes(), self._edge, 2**31 - 1, require_jpeg=False).tensor
+                prepare(p.read_bytes(), self._preprocessing, 2**31 - 1, require_jpeg=False).tensor
                 for p in chunk
             ]
         )
@@ -112,21 +115,24 @@ def quantize_checkpoint(
     calib_dir: Path,
     out_prefix: Path | None = None,
     *,
-    edge: int,
+    edge: int | None = None,
     epoch: int = 0,
     images: int = 300,
     mode: str = "naive",
 ) -> QuantizeResult:
     """Write an int8 version of the checkpoint at ``prefix``, calibrated on ``calib_dir``.
 
-    The output has the same epoch and class names; ``synset.txt`` is copied
-    beside it when it goes to another folder.
+    Calibration images are preprocessed as the checkpoint declares (at
+    ``edge`` when given). The output has the same epoch, class names and
+    preprocessing declaration; ``synset.txt`` is copied beside it when it goes
+    to another folder.
     """
     if mode not in CALIBRATION_MODES:
         raise QuantizeError(f"calibration mode {mode!r}: expected one of {CALIBRATION_MODES}")
     if images < 1:
         raise QuantizeError("at least one calibration image is needed")
     checkpoint = Checkpoint.from_prefix(prefix, epoch)
+    preprocessing = checkpoint_preprocessing(checkpoint, edge)
     if checkpoint_dtype(checkpoint.symbol_path) == "int8":
         raise QuantizeError(f"{checkpoint.symbol_path} is already quantized")
     out_prefix = out_prefix or default_output(prefix)
@@ -159,7 +165,7 @@ def quantize_checkpoint(
             quantize_granularity="tensor-wise",
             logger=None,
         )
-        data = _CalibrationImages(files, edge, batch_size)
+        data = _CalibrationImages(files, preprocessing, batch_size)
         module = mx.mod.Module(
             symbol=fused, context=mx.cpu(), data_names=["data"], label_names=None
         )
@@ -180,6 +186,8 @@ def quantize_checkpoint(
         mx.model.save_checkpoint(str(out_prefix), epoch, qsym, qargs, qauxs)
     _copy_synset(checkpoint.synset_path, out_prefix.parent / "synset.txt")
     written = Checkpoint.from_prefix(out_prefix, epoch)
+    if checkpoint.preprocess_path.is_file() or edge is not None:
+        written.write_preprocessing(preprocessing)
     seconds = time.perf_counter() - started
     log.info("quantized %s on %d images in %.1f s -> %s", prefix, len(files), seconds, out_prefix)
     return QuantizeResult(out_prefix, written.symbol_path, written.params_path, len(files), seconds)

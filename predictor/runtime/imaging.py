@@ -7,10 +7,13 @@ is displayed (width and height swapped for 90-degree orientations).
 Sizes are checked from the JPEG header before anything is allocated, so a
 "decompression bomb" costs a few hundred bytes of parsing, not gigabytes.
 
-Large photos are decoded at 1/2, 1/4 or 1/8 scale inside libjpeg's DCT when the
-reduced image is still at least the network's input edge on both sides: the
-network never sees more pixels than that, and decoding is the most expensive
-step of preprocessing.
+How the decoded pixels become the network's input (size, stretch or
+letterbox, interpolation, scale, mean and standard deviation, channel order,
+layout) is what the checkpoint declares (`predictor.checkpoint.Preprocessing`).
+Where the declaration allows it (``reduced_decoding``), large photos are
+decoded at 1/2, 1/4 or 1/8 scale inside libjpeg's DCT when the reduced image
+is still at least as large as what the network is given on both sides:
+decoding is the most expensive step of preprocessing.
 
 What is decoded, and how:
 
@@ -31,20 +34,22 @@ What is decoded, and how:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-# ImageNet statistics that GluonCV's SSD networks are trained with (RGB, 0..1).
-MEAN_RGB = (0.485, 0.456, 0.406)
-STD_RGB = (0.229, 0.224, 0.225)
+from predictor.checkpoint import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from predictor.detections import Placement
+from predictor.errors import ImageError, ImageTooLarge
 
-# Per-channel constants in BGR order (OpenCV's) on the 0..255 scale.
-_MEAN_BGR_255 = np.array(MEAN_RGB[::-1], dtype=np.float32) * 255.0
-_INV_STD_BGR_255 = 1.0 / (np.array(STD_RGB[::-1], dtype=np.float32) * 255.0)
+# ImageNet statistics that GluonCV's SSD networks are trained with (RGB, 0..1).
+MEAN_RGB = IMAGENET_MEAN
+STD_RGB = IMAGENET_STD
 
 _REDUCED_READ_FLAGS = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -77,24 +82,27 @@ _ORIENTATIONS: dict[int, tuple[bool, int | None]] = {
 }
 
 Tensor = npt.NDArray[np.float32]
+# Files `find_images` picks up in folders (what OpenCV decodes, for the command line).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ImageBGR = npt.NDArray[np.uint8]
-
-
-class ImageError(ValueError):
-    """The bytes are not an image this service can use (answered with 400)."""
-
-
-class ImageTooLarge(ImageError):
-    """The image has more pixels than the configured limit (answered with 413)."""
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A network input plus the size of the original (displayed) image."""
+    """A network input plus where the original (displayed) image lies in it."""
 
-    tensor: Tensor  # (3, edge, edge) float32, normalised RGB
-    width: int
-    height: int
+    tensor: Tensor  # the declared layout, e.g. (3, height, width) float32
+    placement: Placement
+
+    @property
+    def width(self) -> int:
+        """The original image's width, as displayed."""
+        return self.placement.width
+
+    @property
+    def height(self) -> int:
+        """The original image's height, as displayed."""
+        return self.placement.height
 
 
 @dataclass(frozen=True)
@@ -219,12 +227,23 @@ class DecodedImage:
     height: int
 
 
-def decode(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True) -> DecodedImage:
-    """Decode to BGR, reduced in the DCT where that loses nothing the network sees.
+def decode(
+    data: bytes,
+    edge: int | None,
+    max_pixels: int,
+    *,
+    require_jpeg: bool = True,
+    needed: tuple[int, int] | None = None,
+) -> DecodedImage:
+    """Decode to BGR, reduced in the DCT where the result still has the pixels the network needs.
 
-    With ``require_jpeg=False`` other formats OpenCV reads are accepted too (for
-    the command line), decoded at full resolution.
+    ``needed`` is the (width, height) the displayed image is resized to;
+    ``edge`` is the same for a square. With neither, the image is decoded at
+    full resolution. With ``require_jpeg=False`` other formats OpenCV reads are
+    accepted too (for the command line), decoded at full resolution.
     """
+    if needed is None and edge is not None:
+        needed = (edge, edge)
     if not require_jpeg and not data.startswith(b"\xff\xd8"):
         pixels = _imdecode(data, cv2.IMREAD_COLOR)
         height, width = pixels.shape[:2]
@@ -235,7 +254,11 @@ def decode(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True
     if header.precision != 8:
         pixels = _decode_high_precision(data, header)
         return DecodedImage(pixels, pixels.shape[1], pixels.shape[0])
-    factor = reduction_factor(width, height, edge)
+    factor = 1
+    if needed is not None:
+        # The header's sides are as stored; EXIF may turn the displayed image by 90 degrees.
+        need_w, need_h = needed[::-1] if header.rotated else needed
+        factor = reduction_factor(width, height, need_w, need_h)
     pixels = _imdecode(data, _REDUCED_READ_FLAGS.get(factor, cv2.IMREAD_COLOR))
     # EXIF orientations of 90 or 270 degrees swap the sides relative to the header.
     if (pixels.shape[1], pixels.shape[0]) != (-(-width // factor), -(-height // factor)):
@@ -319,10 +342,11 @@ def _orient(pixels: ImageBGR, orientation: int) -> ImageBGR:
     return pixels
 
 
-def reduction_factor(width: int, height: int, edge: int) -> int:
-    """Largest DCT scale-down (1, 2, 4 or 8) that keeps both sides >= ``edge``."""
+def reduction_factor(width: int, height: int, need_w: int, need_h: int | None = None) -> int:
+    """Largest DCT scale-down (1, 2, 4 or 8) that keeps the sides >= ``need_w`` x ``need_h``."""
+    need_h = need_w if need_h is None else need_h
     for factor in (8, 4, 2):
-        if min(width, height) // factor >= edge:
+        if width // factor >= need_w and height // factor >= need_h:
             return factor
     return 1
 
@@ -342,26 +366,145 @@ def _imdecode(data: bytes, flags: int) -> ImageBGR:
 
 
 def to_tensor(image: ImageBGR, edge: int, out: Tensor | None = None) -> Tensor:
-    """Resize to ``edge`` x ``edge`` and normalise into a (3, edge, edge) RGB float32 tensor.
+    """predictor's own transform at a square ``edge``: see `Preprocessing.predictor`."""
+    return preprocess(image, Preprocessing.predictor(edge), out)[0]
 
-    The SSD networks are trained on square inputs stretched from the whole
-    image, so the aspect ratio is not kept; boxes are scaled back per axis.
+
+def preprocess(
+    image: ImageBGR,
+    preprocessing: Preprocessing,
+    out: Tensor | None = None,
+    displayed: tuple[int, int] | None = None,
+) -> tuple[Tensor, Placement]:
+    """Resize and normalise decoded BGR pixels as ``preprocessing`` declares.
+
+    Returns the network input (``preprocessing.input_shape``, float32) and
+    where the image lies in it. ``displayed`` is the (width, height) of the
+    image the pixels show, when they were decoded at reduced scale: the
+    placement is in its pixels, and a letterbox is sized from it.
     """
     height, width = image.shape[:2]
-    shrinking = width > edge or height > edge
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (edge, edge), interpolation=interpolation)
+    shown_w, shown_h = displayed if displayed is not None else (width, height)
+    p = preprocessing
+    if p.resize == "stretch":
+        target_w, target_h = p.width, p.height
+    else:
+        fit = min(p.width / shown_w, p.height / shown_h)
+        target_w = max(1, min(p.width, round(shown_w * fit)))
+        target_h = max(1, min(p.height, round(shown_h * fit)))
+    resized = cv2.resize(
+        image,
+        (target_w, target_h),
+        interpolation=_interpolation(p.interpolation, width, height, target_w, target_h),
+    )
+    if p.resize == "letterbox":
+        offset_x, offset_y = 0, 0
+        if p.letterbox_anchor == "center":
+            offset_x, offset_y = (p.width - target_w) // 2, (p.height - target_h) // 2
+        canvas = np.full((p.height, p.width, 3), p.pad_value, dtype=np.uint8)
+        canvas[offset_y : offset_y + target_h, offset_x : offset_x + target_w] = resized
+        resized = canvas
+        placement = Placement(
+            shown_w,
+            shown_h,
+            shown_w / target_w,
+            shown_h / target_h,
+            float(offset_x),
+            float(offset_y),
+        )
+    else:
+        placement = Placement.stretched(shown_w, shown_h, p.width, p.height)
     if out is None:
-        out = np.empty((3, edge, edge), dtype=np.float32)
-    for rgb_channel in range(3):
-        bgr_channel = 2 - rgb_channel
-        plane = out[rgb_channel]
-        np.subtract(resized[:, :, bgr_channel], _MEAN_BGR_255[bgr_channel], out=plane)
-        np.multiply(plane, _INV_STD_BGR_255[bgr_channel], out=plane)
-    return out
+        out = np.empty(p.input_shape, dtype=np.float32)
+    mean, inv_std = _normalisation(p)
+    # Channel c of the input comes from OpenCV's BGR channel source[c].
+    source = (2, 1, 0) if p.channel_order == "RGB" else (0, 1, 2)
+    for channel, bgr_channel in enumerate(source):
+        plane = out[channel] if p.layout == "NCHW" else out[:, :, channel]
+        np.subtract(resized[:, :, bgr_channel], mean[channel], out=plane)
+        np.multiply(plane, inv_std[channel], out=plane)
+    return out, placement
 
 
-def prepare(data: bytes, edge: int, max_pixels: int, *, require_jpeg: bool = True) -> PreparedImage:
-    """Decode and preprocess one image; raise `ImageError` for anything unusable."""
-    decoded = decode(data, edge, max_pixels, require_jpeg=require_jpeg)
-    return PreparedImage(to_tensor(decoded.pixels, edge), decoded.width, decoded.height)
+def _normalisation(p: Preprocessing) -> tuple[Tensor, Tensor]:
+    """Per input channel: the mean and 1/std on the 0..255 scale of the decoded pixels."""
+    # A pixel p (0..255) is first p / k on the declared scale, then (p / k - m) / s,
+    # which is (p - m * k) / (s * k).
+    k = 255.0 / p.pixel_scale
+    order = (0, 1, 2) if p.channel_order == "RGB" else (2, 1, 0)
+    mean = np.array([p.mean[c] for c in order], dtype=np.float32) * k
+    inv_std = 1.0 / (np.array([p.std[c] for c in order], dtype=np.float32) * k)
+    return mean, inv_std
+
+
+def _interpolation(rule: str, width: int, height: int, target_w: int, target_h: int) -> int:
+    """OpenCV's interpolation for a resize, by the declared rule.
+
+    "gluoncv" is MXNet's ``interp=9`` as GluonCV's SSD transforms call it: cubic
+    when both sides grow, area when both shrink, bilinear otherwise.
+    "predictor" (what predictor's own models are trained with): area when
+    either side shrinks, else bilinear.
+    """
+    if rule == "gluoncv":
+        if target_w > width and target_h > height:
+            return cv2.INTER_CUBIC
+        if target_w < width and target_h < height:
+            return cv2.INTER_AREA
+        return cv2.INTER_LINEAR
+    if width > target_w or height > target_h:
+        return cv2.INTER_AREA
+    return cv2.INTER_LINEAR
+
+
+def prepare(
+    data: bytes,
+    preprocessing: Preprocessing | int,
+    max_pixels: int,
+    *,
+    require_jpeg: bool = True,
+) -> PreparedImage:
+    """Decode and preprocess one image; raise `ImageError` for anything unusable.
+
+    ``preprocessing`` is the checkpoint's declaration; a bare edge means
+    predictor's own transform at that square size (`Preprocessing.predictor`).
+    """
+    if isinstance(preprocessing, int):
+        preprocessing = Preprocessing.predictor(preprocessing)
+    needed = None
+    if preprocessing.reduced_decoding:
+        needed = _resized_size(data, preprocessing) if require_jpeg or _is_jpeg(data) else None
+    decoded = decode(data, None, max_pixels, require_jpeg=require_jpeg, needed=needed)
+    tensor, placement = preprocess(
+        decoded.pixels, preprocessing, displayed=(decoded.width, decoded.height)
+    )
+    return PreparedImage(tensor, placement)
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data.startswith(b"\xff\xd8")
+
+
+def _resized_size(data: bytes, preprocessing: Preprocessing) -> tuple[int, int] | None:
+    """The displayed image's size once resized for the network; None if the header is unreadable."""
+    if preprocessing.resize == "stretch":
+        return preprocessing.width, preprocessing.height
+    try:
+        header = jpeg_header(data)
+    except ImageError:
+        return None  # decode() reports it
+    width, height = header.width, header.height
+    if header.rotated:
+        width, height = height, width
+    fit = min(preprocessing.width / width, preprocessing.height / height)
+    return max(1, round(width * fit)), max(1, round(height * fit))
+
+
+def find_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, plus image files found recursively in folders, in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from predictor.metrics import Metrics
+from predictor.errors import DeadlineExceeded, InferenceError, Overloaded, ShuttingDown
+from predictor.service.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +62,8 @@ FAILURE_BACKOFF_S = (0.1, 5.0)
 _MAX_REASON_CHARS = 200
 
 
-class Overloaded(RuntimeError):
-    """The queue is full; the caller should retry later."""
-
-
-class ShuttingDown(RuntimeError):
-    """The batcher is stopping and admits no new work."""
-
-
-class BatchFailed(RuntimeError):
+class BatchFailed(InferenceError):
     """The forward pass that this item was part of raised an error."""
-
-
-class DeadlineExceeded(RuntimeError):
-    """The item's deadline passed before its forward pass began; it was not computed."""
 
 
 @dataclass
@@ -151,7 +140,7 @@ class Batcher(Generic[In, Out]):
         max_batch_size: int,
         max_delay_s: float,
         queue_max: int,
-        metrics: Metrics | None = None,
+        metrics: ModelMetrics | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
         if not replicas:
@@ -322,9 +311,7 @@ class Batcher(Generic[In, Out]):
     def _report_health(self) -> None:
         if self._metrics:
             for health in self.health:
-                self._metrics.replica_healthy.labels(replica=health.name).set(
-                    1 if health.healthy else 0
-                )
+                self._metrics.replica_healthy(health.name).set(1 if health.healthy else 0)
 
     async def _work(
         self, index: int, replica: Replica[In, Out], executor: ThreadPoolExecutor

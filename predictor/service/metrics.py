@@ -1,7 +1,9 @@
 """Prometheus metrics of one server instance.
 
 Each `Metrics` owns its registry (rather than the process-global default), so
-several servers in one process, as in tests, do not share counters.
+several servers in one process, as in tests, do not share counters. Every
+metric of a model's queue, batches and replicas carries a ``model`` label;
+`Metrics.for_model` gives a model's service the series that are its own.
 """
 
 from __future__ import annotations
@@ -37,51 +39,59 @@ class Metrics:
         self.request_latency = Histogram(
             "predictor_request_duration_seconds",
             "Time from receiving a detection request to answering it.",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.batch_size = Histogram(
             "predictor_batch_size",
             "Images per forward pass.",
+            ["model"],
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
         self.inference_latency = Histogram(
             "predictor_inference_duration_seconds",
             "Duration of one batched forward pass on the device.",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge(
             "predictor_queue_depth",
             "Images admitted and not yet in a forward pass.",
+            ["model"],
             registry=self.registry,
         )
         self.rejected = Counter(
             "predictor_rejected",
             "Images refused because the queue was full.",
+            ["model"],
             registry=self.registry,
         )
         self.inference_failures = Counter(
             "predictor_inference_failures",
             "Forward passes that raised an error.",
+            ["model"],
             registry=self.registry,
         )
         self.deadline_exceeded = Counter(
             "predictor_deadline_exceeded",
             "Images answered 504: no forward pass began within REQUEST_TIMEOUT_MS.",
+            ["model"],
             registry=self.registry,
         )
         self.abandoned = Counter(
             "predictor_abandoned",
             "Images dropped before their forward pass (or their decoding) because the client "
             "went away.",
+            ["model"],
             registry=self.registry,
         )
         self.replica_healthy = Gauge(
             "predictor_replica_healthy",
             "1 while the replica's most recent forward pass succeeded, else 0.",
-            ["replica"],
+            ["model", "replica"],
             registry=self.registry,
         )
 
@@ -89,5 +99,29 @@ class Metrics:
         """The registry in Prometheus text exposition format."""
         return generate_latest(self.registry)
 
+    def for_model(self, model: str) -> ModelMetrics:
+        """The series of one model, its label bound."""
+        return ModelMetrics(self, model)
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "Metrics"]
+
+class ModelMetrics:
+    """One model's series of `Metrics`: what its batcher and service record."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.model = model
+        self._metrics = metrics
+        self.request_latency = metrics.request_latency.labels(model=model)
+        self.batch_size = metrics.batch_size.labels(model=model)
+        self.inference_latency = metrics.inference_latency.labels(model=model)
+        self.queue_depth = metrics.queue_depth.labels(model=model)
+        self.rejected = metrics.rejected.labels(model=model)
+        self.inference_failures = metrics.inference_failures.labels(model=model)
+        self.deadline_exceeded = metrics.deadline_exceeded.labels(model=model)
+        self.abandoned = metrics.abandoned.labels(model=model)
+
+    def replica_healthy(self, replica: str) -> Gauge:
+        """The health gauge of one of the model's replicas."""
+        return self._metrics.replica_healthy.labels(model=self.model, replica=replica)
+
+
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "Metrics", "ModelMetrics"]

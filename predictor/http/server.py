@@ -17,14 +17,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from predictor.app import create_app
 from predictor.config import Settings
-from predictor.model import Detector
-from predictor.serving import BATCHER_KEY
+from predictor.http.app import REGISTRY_KEY, create_app
+from predictor.service.service import Replica
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,12 @@ LINGER_S = 2.0
 EXIT_ABORTED = 1
 
 
-async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
-    """Serve until a termination signal; then stop accepting and finish admitted work."""
-    app = create_app(settings, detectors)
+async def serve(settings: Settings, models: Mapping[str, Sequence[Replica]]) -> None:
+    """Serve ``models`` (replicas by name, the default first) until a termination signal.
+
+    Then stop accepting, and finish admitted work.
+    """
+    app = create_app(settings, models)
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -58,7 +60,7 @@ async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
         host, port = address[0], address[1]
         log.info(
             "serving %s on http://%s:%d%s",
-            settings.model_prefix,
+            ", ".join(models),
             host if ":" not in host else f"[{host}]",
             port,
             settings.entry_point,
@@ -85,6 +87,6 @@ async def serve(settings: Settings, detectors: Sequence[Detector]) -> None:
         # Closes the listening socket and idle connections, then runs
         # on_shutdown (the batcher finishes admitted images, up to the grace
         # period), then waits for the handlers to write their answers.
-        batcher = app[BATCHER_KEY]
+        registry = app[REGISTRY_KEY]
         await runner.cleanup()
-        log.info("stopped: %d detection requests admitted since start", batcher.admitted_total)
+        log.info("stopped: %d detection images admitted since start", registry.admitted_total)

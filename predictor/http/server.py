@@ -89,4 +89,4 @@ async def serve(settings: Settings, models: Mapping[str, Sequence[Replica]]) -> 
         # period), then waits for the handlers to write their answers.
         registry = app[REGISTRY_KEY]
         await runner.cleanup()
-        log.info("stopped: %d detection images admitted since start", registry.admitted_total)
+        log.info("stopped: %d detection requests admitted since start", registry.admitted_total)

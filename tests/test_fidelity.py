@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
 import matplotlib.cbook
@@ -24,7 +25,7 @@ import pytest
 from PIL import Image
 
 from predictor.checkpoint import Checkpoint, Preprocessing
-from predictor.config import DeviceSpec
+from predictor.config import DeviceSpec, Settings
 from predictor.detections import Detection, Placement, RawDetections, to_detections
 from predictor.export import export_zoo
 from predictor.http.app import create_app
@@ -104,7 +105,11 @@ def test_zoo_export_declares_gluoncvs_transform(zoo_prefix: Path) -> None:
 
 @pytest.mark.parametrize("photo", list(PHOTOS))
 async def test_predict_equals_gluoncvs_own_pipeline(
-    aiohttp_client, zoo_prefix: Path, small_settings, photos: dict[str, bytes], photo: str
+    aiohttp_client: Any,
+    zoo_prefix: Path,
+    small_settings: Settings,
+    photos: dict[str, bytes],
+    photo: str,
 ) -> None:
     detectors = load_detectors(zoo_prefix, 0, None, DeviceSpec(), 1)
     settings = settings_with(small_settings, model_prefix=zoo_prefix, model_edge=None)
@@ -114,7 +119,7 @@ async def test_predict_equals_gluoncvs_own_pipeline(
         f"/predict?threshold={THRESHOLD}", data=jpeg, headers={"Content-Type": "image/jpeg"}
     ) as response:
         assert response.status == 200, await response.text()
-        ours = [Detection(**_fields(d)) for d in (await response.json())["prediction"]]
+        ours = [as_detection(d) for d in (await response.json())["prediction"]]
     reference = gluoncv_detections(zoo_prefix, jpeg, detectors[0].classes)
     assert len(reference) >= 3, "the random network finds something to compare"
     assert_same(ours, reference)
@@ -123,15 +128,16 @@ async def test_predict_equals_gluoncvs_own_pipeline(
         detector.close()
 
 
-def _fields(answer: dict[str, object]) -> dict[str, object]:
-    return {
-        "object_class": answer["objectClass"],
-        "probability": answer["probability"],
-        "x": answer["x"],
-        "y": answer["y"],
-        "width": answer["width"],
-        "height": answer["height"],
-    }
+def as_detection(answer: dict[str, Any]) -> Detection:
+    """A detection of the JSON contract."""
+    return Detection(
+        object_class=answer["objectClass"],
+        probability=answer["probability"],
+        x=answer["x"],
+        y=answer["y"],
+        width=answer["width"],
+        height=answer["height"],
+    )
 
 
 def assert_same(found: list[Detection], expected: list[Detection]) -> None:

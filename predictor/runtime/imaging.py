@@ -396,7 +396,9 @@ def preprocess(
     if p.interpolation == "gluoncv" and interpolation == cv2.INTER_CUBIC:
         resized = _mxnet_cubic(image, target_w, target_h)
     else:
-        resized = cv2.resize(image, (target_w, target_h), interpolation=interpolation)
+        resized = np.asarray(
+            cv2.resize(image, (target_w, target_h), interpolation=interpolation), dtype=np.uint8
+        )
     if p.resize == "letterbox":
         offset_x, offset_y = 0, 0
         if p.letterbox_anchor == "center":

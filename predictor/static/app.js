@@ -5,6 +5,14 @@
 // the confidence slider then filters in the page, with no new request.
 
 const config = JSON.parse(document.getElementById("predictor-config").textContent);
+// The models the server serves, the default first (older servers list none).
+const MODELS = config.models?.length
+  ? config.models
+  : [{ name: config.defaultModel ?? "", classes: config.classes ?? [], inputWidth: config.modelEdge, inputHeight: config.modelEdge }];
+// The drawing pad is for hand-drawn digits and shapes: it uses the first model
+// that knows the ten digits, when the server has one.
+const DIGITS = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+const DRAWING_MODEL = MODELS.find((m) => DIGITS.every((d) => m.classes.includes(d)));
 
 // Ask for everything above this once; the slider cannot go below it.
 const REQUEST_THRESHOLD = Math.min(0.05, config.defaultThreshold);
@@ -28,6 +36,8 @@ const PALETTE = [
 
 const $ = (id) => document.getElementById(id);
 const elements = {
+  modelPanel: $("model-panel"),
+  model: $("model"),
   keyPanel: $("key-panel"),
   apiKey: $("api-key"),
   fileInput: $("file-input"),
@@ -175,7 +185,8 @@ async function prepareUpload(file) {
     const { width, height } = bitmap;
     const jpeg = await isJpeg(file);
     const shortSide = Math.min(width, height);
-    const target = SHRINK_TO_EDGES * config.modelEdge;
+    const model = selectedModel();
+    const target = SHRINK_TO_EDGES * Math.max(model.inputWidth, model.inputHeight);
     if (jpeg && shortSide <= target) {
       return { blob: file, width, height, sentWidth: width, sentHeight: height, note: "" };
     }
@@ -252,7 +263,10 @@ async function detect(upload) {
   showStatus("Detecting…");
   elements.table.setAttribute("aria-busy", "true");
 
-  const url = `${config.entryPoint}?threshold=${REQUEST_THRESHOLD}`;
+  // The original route answers with the default model unless ?model= names another.
+  const model = selectedModel();
+  const named = MODELS.length > 1 ? `&model=${encodeURIComponent(model.name)}` : "";
+  const url = `${config.entryPoint}?threshold=${REQUEST_THRESHOLD}${named}`;
   const started = performance.now();
   let response;
   let payload = null;
@@ -517,6 +531,10 @@ function setUpPad() {
 // ---------------------------------------------------------------- input wiring
 
 function setMode(mode) {
+  if (mode === "draw" && DRAWING_MODEL && elements.model.value !== DRAWING_MODEL.name) {
+    elements.model.value = DRAWING_MODEL.name;
+    describeModel();
+  }
   elements.uploadPanel.hidden = mode !== "upload";
   elements.drawPanel.hidden = mode !== "draw";
   for (const radio of document.querySelectorAll('input[name="mode"]')) {
@@ -580,14 +598,36 @@ function setUpThreshold() {
   slider.value = String(initial);
 }
 
+function selectedModel() {
+  return MODELS.find((m) => m.name === elements.model.value) ?? MODELS[0];
+}
+
+function setUpModels() {
+  for (const model of MODELS) {
+    const option = document.createElement("option");
+    option.value = model.name;
+    option.textContent = model.name;
+    elements.model.append(option);
+  }
+  elements.model.value = MODELS[0].name;
+  // One model: nothing to choose.
+  elements.modelPanel.hidden = MODELS.length < 2;
+  elements.model.addEventListener("change", () => {
+    describeModel();
+    // The boxes on screen were found by the other model: ask this one.
+    if (state.lastUpload) detect(state.lastUpload);
+  });
+}
+
 function describeModel() {
-  const classes = config.classes || [];
+  const classes = selectedModel().classes || [];
   if (classes.length) {
     $("classes-line").textContent =
       `Finds ${classes.join(", ")} in a photo or a drawing, and shows where.`;
   }
 }
 
+setUpModels();
 describeModel();
 setUpKey();
 setUpThreshold();

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from predictor.checkpoint import Checkpoint
 from predictor.config import Settings, parse_probability
 from predictor.data.cli import add_data_parser
 from predictor.errors import CheckpointError, ConfigError, PredictorError
@@ -191,12 +192,15 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _load(settings: Settings) -> dict[str, list[Detector]]:
-    """Every configured model, loaded and warmed; a model that fails stops start-up, named."""
+def _load(settings: Settings, *, default_only: bool = False) -> dict[str, list[Detector]]:
+    """The configured models (or the default alone), loaded and warmed.
+
+    A model that fails to load stops start-up with its name and the reason.
+    """
     from predictor.runtime.model import load_detectors
 
     models: dict[str, list[Detector]] = {}
-    for spec in settings.models:
+    for spec in settings.models[:1] if default_only else settings.models:
         log.info(
             "loading model %r from %s (epoch %d, %s) on %s",
             spec.name,
@@ -296,7 +300,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.paths)
     if not files:
         raise UserError("no image files found in " + ", ".join(str(p) for p in args.paths))
-    detector = next(iter(_load(settings).values()))[0]
+    detector = next(iter(_load(settings, default_only=True).values()))[0]
     threshold = settings.probability_threshold if args.threshold is None else args.threshold
     source_root = args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None
     failures = 0
@@ -343,7 +347,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         export_prefix=args.export,
     )
     final = args.export or args.out / "model"
-    print(f"trained {state.epoch} epochs; exported {final}-symbol.json, {final}-0000.params")
+    exported = Checkpoint(final)
+    print(f"trained {state.epoch} epochs; exported {exported.symbol_path}, {exported.params_path}")
     return 0
 
 

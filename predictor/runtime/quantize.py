@@ -137,7 +137,7 @@ def quantize_checkpoint(
         raise QuantizeError(f"{checkpoint.symbol_path} is already quantized")
     out_prefix = out_prefix or default_output(prefix)
     # Refuse a clashing synset.txt before minutes of calibration, not after.
-    _copy_synset(checkpoint.synset_path, out_prefix.parent / "synset.txt", dry_run=True)
+    _copy_synset(checkpoint.synset_path, Checkpoint(out_prefix).synset_path, dry_run=True)
     files = calibration_files(calib_dir, images)
     # Whole batches only: a padded batch would add made-up activations to the ranges.
     batch_size = min(CALIBRATION_BATCH, len(files))
@@ -184,7 +184,7 @@ def quantize_checkpoint(
         qsym = qsym.get_backend_symbol("MKLDNN_QUANTIZE")
         out_prefix.parent.mkdir(parents=True, exist_ok=True)
         mx.model.save_checkpoint(str(out_prefix), epoch, qsym, qargs, qauxs)
-    _copy_synset(checkpoint.synset_path, out_prefix.parent / "synset.txt")
+    _copy_synset(checkpoint.synset_path, Checkpoint(out_prefix).synset_path)
     written = Checkpoint.from_prefix(out_prefix, epoch)
     if checkpoint.preprocess_path.is_file() or edge is not None:
         written.write_preprocessing(preprocessing)

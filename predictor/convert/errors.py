@@ -1,0 +1,11 @@
+"""The one exception the converters raise."""
+
+from __future__ import annotations
+
+
+class ConversionError(ValueError):
+    """The source model uses something the converter does not translate exactly.
+
+    The message names the node and its op (or the weight, or the file), so that
+    nobody has to guess; the converter never writes a graph it is unsure of.
+    """

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from predictor.config import ConfigError, Settings, parse_probability
+from predictor.convert.cli import add_convert_parser
 from predictor.data.cli import add_data_parser
 from predictor.threads import configure_openmp
 from predictor.training.config import TrainConfig
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     healthcheck.set_defaults(func=_cmd_healthcheck)
 
     add_data_parser(commands)
+    add_convert_parser(commands)
     return parser
 
 

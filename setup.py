@@ -50,6 +50,8 @@ setup(
             "tritonclient[http]",
             # Browser tests; they drive the system's Chromium (never `playwright install`).
             "playwright",
+            # Sample photos of the converted COCO detectors' tests (tests/convert/).
+            "scikit-image",
         ],
     },
     entry_points={"console_scripts": ["predictor=predictor.cli:main"]},

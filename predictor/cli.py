@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from predictor.checkpoint import Checkpoint
 from predictor.config import Settings, parse_probability
+from predictor.convert.cli import add_convert_parser
 from predictor.data.cli import add_data_parser
 from predictor.errors import CheckpointError, ConfigError, PredictorError
 from predictor.runtime.threads import configure_openmp
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     healthcheck.set_defaults(func=_cmd_healthcheck)
 
     add_data_parser(commands)
+    add_convert_parser(commands)
     return parser
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadResult, drive
-from predictor.config import DeviceSpec, Settings
+from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec, Settings
 from predictor.offline import detect_files
 from predictor.runtime.imaging import prepare
 from predictor.runtime.model import Detector, load_detectors
@@ -206,7 +206,12 @@ def render_section(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="checkpoint prefix (default: shipped model)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / SHIPPED_MODEL_PREFIX,
+        help="checkpoint prefix (default: the shipped digits-and-shapes model)",
+    )
     parser.add_argument("--edge", type=int, help="input edge (default: as the server's)")
     parser.add_argument("--photos", type=int, default=24, help="distinct JPEGs to send")
     parser.add_argument("--repeats", type=int, default=3, help="offline passes over the photos")

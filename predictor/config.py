@@ -12,11 +12,10 @@ REST_PORT            8080                     TCP port (0: any free port)
 REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
                                               /ready, /metrics, /info, or under /static or /v2)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
-MODELS               (unset: one model, from  several models: NAME=PREFIX pairs separated by
-                     MODEL_PREFIX)            commas, e.g. "coco=models/coco/nanodet,
-                                              digits=models/ssd300_digits_shapes"; the first
-                                              is the default; not with MODEL_PREFIX,
-                                              MODEL_NAME or MODEL_EDGE
+MODELS               coco=models/coco_nanodet/ several models: NAME=PREFIX pairs separated by
+                     nanodet,digits=models/   commas; the first is the default; not with
+                     ssd300_digits_shapes     MODEL_PREFIX, MODEL_NAME or MODEL_EDGE. The
+                     (the shipped models)     default applies when none of the four is set
 MODEL_PREFIX         models/ssd300_digits_shapes
                                               checkpoint prefix: PREFIX-symbol.json,
                                               PREFIX-EPOCH.params, synset.txt beside it,
@@ -80,6 +79,10 @@ from predictor.errors import ConfigError
 
 SHIPPED_MODEL_PREFIX = "models/ssd300_digits_shapes"
 SHIPPED_MODEL_EDGE = 300
+# The COCO detector converted from TensorFlow.js (models/coco_nanodet/NOTICE).
+SHIPPED_COCO_PREFIX = "models/coco_nanodet/nanodet"
+# What a server with no model settings serves: both shipped models, COCO first.
+DEFAULT_MODELS = f"coco={SHIPPED_COCO_PREFIX},digits={SHIPPED_MODEL_PREFIX}"
 
 # Paths the service answers itself (GET), which the detection endpoint may not take.
 # "/" is allowed: the page answers GET there, the endpoint POST.
@@ -180,6 +183,8 @@ class Settings:
         model_epoch = reader.get("MODEL_EPOCH", _int_in(0, 9999), 0)
         no_models: tuple[ModelSpec, ...] = ()
         model_list = reader.get("MODELS", partial(parse_models, epoch=model_epoch), no_models)
+        if not model_list and not (prefix_raw or model_name or model_edge):
+            model_list = parse_models(DEFAULT_MODELS, epoch=model_epoch)
         if model_list:
             given = [
                 name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from predictor.config import SHIPPED_MODEL_PREFIX, ModelSpec, Settings
+from predictor.config import SHIPPED_COCO_PREFIX, SHIPPED_MODEL_PREFIX, ModelSpec, Settings
 from predictor.errors import ConfigError
 
 
@@ -18,10 +18,17 @@ def test_defaults_match_the_original_service() -> None:
     assert settings.probability_threshold == 0.5
     assert settings.model_epoch == 0
     assert settings.devices.gpus == ()
-    # With MODEL_PREFIX unset, the shipped model, at the input size it declares.
-    assert settings.model_prefix == Path(SHIPPED_MODEL_PREFIX)
+    # With no model settings, both shipped models, COCO first, each at its declared size.
+    assert settings.models == (
+        ModelSpec("coco", Path(SHIPPED_COCO_PREFIX)),
+        ModelSpec("digits", Path(SHIPPED_MODEL_PREFIX)),
+    )
+    assert settings.model_prefix == Path(SHIPPED_COCO_PREFIX)
+    assert settings.served_model_name == "coco"
     assert settings.model_edge is None
-    assert settings.models == (ModelSpec("ssd300_digits_shapes", Path(SHIPPED_MODEL_PREFIX)),)
+    # Any single-model setting keeps the one-model server, on the digits model by default.
+    single = Settings.from_env({"MODEL_EDGE": "300"})
+    assert single.models == (ModelSpec("ssd300_digits_shapes", Path(SHIPPED_MODEL_PREFIX), 0, 300),)
 
 
 def test_model_files_follow_the_prefix_and_epoch() -> None:

@@ -668,7 +668,7 @@ def test_encode_is_what_tritonclient_reads() -> None:
 
 
 def test_model_name_defaults_to_the_checkpoint_prefix_base_name() -> None:
-    assert Settings.from_env(environ={}).served_model_name == "ssd300_digits_shapes"
+    assert Settings.from_env(environ={}).served_model_name == "coco"
     named = Settings.from_env(environ={"MODEL_PREFIX": "/srv/models/resnet50_ssd_model"})
     assert named.served_model_name == "resnet50_ssd_model"
     chosen = Settings.from_env(environ={"MODEL_NAME": "detector-v1.2", "MODEL_PREFIX": "/m/x"})

@@ -26,7 +26,11 @@ class ServerProcess:
     """The server, with ``env`` over this process's environment (less REST_* and MODEL_*)."""
 
     def __init__(self, env: dict[str, str], startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REST_", "MODEL_"))}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("REST_", "MODEL_")) and k != "MODELS"
+        }
         full_env.update({"REST_HOST": "127.0.0.1", "REST_PORT": "0", "LOG_LEVEL": "INFO"})
         full_env.update(env)
         self.process = subprocess.Popen(

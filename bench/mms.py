@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from predictor.checkpoint import Checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 VENV = WORK / "mms-venv"
@@ -206,9 +208,13 @@ class ModelServer:
     def _stage_model(self, staging: Path) -> None:
         """Checkpoint, class names, the handler and its configuration in one folder."""
         name = self.prefix.name
-        for suffix in ("-symbol.json", "-0000.params"):
-            shutil.copyfile(f"{self.prefix}{suffix}", staging / f"{name}{suffix}")
-        shutil.copyfile(self.prefix.parent / "synset.txt", staging / "synset.txt")
+        source, packed = Checkpoint(self.prefix), Checkpoint(staging / name)
+        pairs = [(source.symbol_path, packed.symbol_path), (source.params_path, packed.params_path)]
+        pairs.append((source.synset_path, packed.synset_path))
+        if source.preprocess_path.is_file():
+            pairs.append((source.preprocess_path, packed.preprocess_path))
+        for original, copy in pairs:
+            shutil.copyfile(original, copy)
         shutil.copyfile(ROOT / "bench" / "mms_handler.py", staging / "mms_handler.py")
         handler_config = {
             "repo_root": str(ROOT),

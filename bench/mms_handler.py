@@ -62,7 +62,9 @@ class SSDHandler:
             if isinstance(body, str):
                 body = body.encode("latin-1")
             try:
-                images.append((index, prepare(bytes(body), self.edge, MAX_PIXELS)))
+                images.append(
+                    (index, prepare(bytes(body), self.detector.preprocessing, MAX_PIXELS))
+                )
             except ImageError as exc:
                 answers[index] = json.dumps({"error": str(exc)})
         if images:

@@ -37,7 +37,7 @@ async def predict(request: web.Request) -> web.Response:
         return web.json_response({"error": "Invalid content"}, status=400)
     body = await request.read()
     try:
-        image = prepare(body, detector.edge, MAX_PIXELS)
+        image = prepare(body, detector.preprocessing, MAX_PIXELS)
     except ImageError as exc:
         return web.json_response({"error": str(exc)}, status=400)
     (raw,) = detector.forward([image.tensor])

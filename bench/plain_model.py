@@ -24,9 +24,9 @@ import mxnet as mx
 import numpy as np
 import numpy.typing as npt
 
-from predictor.checkpoint import Checkpoint, read_class_names
+from predictor.checkpoint import Checkpoint, Preprocessing, read_class_names
 from predictor.detections import RawDetections
-from predictor.runtime.model import Detector
+from predictor.runtime.model import Detector, checkpoint_preprocessing
 
 MODEL_CODES = ("plain", "predictor")
 
@@ -36,6 +36,8 @@ class PlainDetector:
 
     def __init__(self, prefix: Path, edge: int, max_batch: int) -> None:
         checkpoint = Checkpoint.from_prefix(prefix)
+        # The checkpoint's declared preprocessing, as predictor decodes for every contender.
+        self.preprocessing = checkpoint_preprocessing(checkpoint, edge)
         self.edge = edge
         self.max_batch = max_batch
         self.classes = read_class_names(checkpoint.synset_path)
@@ -48,7 +50,7 @@ class PlainDetector:
 
     def warm_up(self) -> None:
         """One forward per batch size, as a service would before taking traffic."""
-        zeros = np.zeros((3, self.edge, self.edge), dtype=np.float32)
+        zeros = np.zeros(self.preprocessing.input_shape, dtype=np.float32)
         for size in range(1, self.max_batch + 1):
             self.forward([zeros] * size)
 
@@ -63,6 +65,7 @@ class BaselineModel(Protocol):
 
     edge: int
     classes: list[str]
+    preprocessing: Preprocessing
 
     def warm_up(self) -> None: ...
 

@@ -8,6 +8,7 @@ only the shape of the answer.
 from __future__ import annotations
 
 import dataclasses
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,26 @@ def detectors(small_settings: Settings) -> Iterator[list[Detector]]:
     yield loaded
     for detector in loaded:
         detector.close()
+
+
+# The classes of `fruit_prefix`: a second model for the several-models tests.
+FRUIT_CLASSES = ["apple", "pear", "plum"]
+
+
+@pytest.fixture(scope="session")
+def fruit_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model: another network, other classes, GluonCV's preprocessing (random init)."""
+    from predictor.export import export_zoo
+
+    prefix = tmp_path_factory.mktemp("fruit") / "fruit"
+    export_zoo(
+        "ssd_300_mobilenet0.25_custom",
+        prefix,
+        random_init=True,
+        classes=FRUIT_CLASSES,
+        stream=io.StringIO(),
+    )
+    return prefix
 
 
 def settings_with(base: Settings, **changes: object) -> Settings:

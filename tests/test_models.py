@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import subprocess
 import sys
@@ -15,34 +14,19 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from predictor.config import DeviceSpec, Settings
-from predictor.export import export_zoo
 from predictor.http.app import create_app
 from predictor.runtime.model import Detector, load_detectors
 from tests.support.prometheus import metric_total
 
-from .conftest import REPO_ROOT, encode_jpeg, known_objects, scene, settings_with
+from .conftest import FRUIT_CLASSES, REPO_ROOT, encode_jpeg, known_objects, scene, settings_with
 
-OTHER_CLASSES = ["apple", "pear", "plum"]
+OTHER_CLASSES = FRUIT_CLASSES
 JPEG = {"Content-Type": "image/jpeg"}
 
 
 @pytest.fixture(scope="module")
-def other_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second model: another network, other classes, GluonCV's preprocessing."""
-    prefix = tmp_path_factory.mktemp("other") / "fruit"
-    export_zoo(
-        "ssd_300_mobilenet0.25_custom",
-        prefix,
-        random_init=True,
-        classes=OTHER_CLASSES,
-        stream=io.StringIO(),
-    )
-    return prefix
-
-
-@pytest.fixture(scope="module")
-def other_detectors(other_prefix: Path) -> list[Detector]:
-    return load_detectors(other_prefix, 0, None, DeviceSpec(), 4)
+def other_detectors(fruit_prefix: Path) -> list[Detector]:
+    return load_detectors(fruit_prefix, 0, None, DeviceSpec(), 4)
 
 
 async def two_model_client(

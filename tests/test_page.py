@@ -706,18 +706,25 @@ def keyed_server() -> Iterator[Server]:
         yield Server(process, process.url)
 
 
-def test_the_page_asks_for_the_api_key_and_sends_it(
-    browser: BrowserContext, keyed_server: Server, tmp_path: Path
-) -> None:
+def open_tab(browser: BrowserContext, server: Server) -> Tab:
+    """A new tab on ``server``'s page, watched like the `tab` fixture's; close its page after."""
     page = browser.new_page()
-    tab = Tab(page, keyed_server)
+    tab = Tab(page, server)
     page.on("request", lambda request: tab.requests.append(request))
     page.on("pageerror", lambda error: tab.errors.append(str(error)))
     page.on("console", lambda message: tab.console(message.type, message.text))
     page.add_init_script(RECORD_UPLOADS)
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-state=ready]")
+    return tab
+
+
+def test_the_page_asks_for_the_api_key_and_sends_it(
+    browser: BrowserContext, keyed_server: Server, tmp_path: Path
+) -> None:
+    tab = open_tab(browser, keyed_server)
+    page = tab.page
     try:
-        page.goto(keyed_server.url + "/")
-        page.wait_for_selector("body[data-state=ready]")
         assert API_KEY not in page.content(), "the key is never part of the page"
         key_field = page.get_by_label("API key")
         assert key_field.is_visible()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,38 +9,28 @@ import pytest
 from playwright.sync_api import BrowserContext
 
 from predictor.config import SHIPPED_MODEL_PREFIX
-from predictor.export import export_zoo
 from tests.support.server_process import ServerProcess
 
-from .conftest import REPO_ROOT, encode_jpeg, scene
+from .conftest import FRUIT_CLASSES, REPO_ROOT, encode_jpeg, scene
 from .test_page import (
     ENTRY_POINT,
-    RECORD_UPLOADS,
     REQUEST_THRESHOLD,
     Server,
-    Tab,
     browser,  # noqa: F401 (the fixture, shared with the page's other tests)
     listed,
+    open_tab,
     set_threshold,
     upload,
     write,
 )
 
-FRUIT = ["apple", "pear", "plum"]
+FRUIT = FRUIT_CLASSES
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    fruit = tmp_path_factory.mktemp("fruit") / "fruit"
-    export_zoo(
-        "ssd_300_mobilenet0.25_custom",
-        fruit,
-        random_init=True,
-        classes=FRUIT,
-        stream=io.StringIO(),
-    )
+def two_models(fruit_prefix: Path) -> Iterator[Server]:
     env = {
-        "MODELS": f"fruit={fruit},digits={REPO_ROOT / SHIPPED_MODEL_PREFIX}",
+        "MODELS": f"fruit={fruit_prefix},digits={REPO_ROOT / SHIPPED_MODEL_PREFIX}",
         "REST_ENTRY_POINT": ENTRY_POINT,
         "PREPROCESS_WORKERS": "2",
     }
@@ -54,15 +43,9 @@ def test_the_model_picker_sends_the_chosen_model_and_the_pad_uses_digits(
     two_models: Server,
     tmp_path: Path,
 ) -> None:
-    page = browser.new_page()
-    tab = Tab(page, two_models)
-    page.on("request", lambda request: tab.requests.append(request))
-    page.on("pageerror", lambda error: tab.errors.append(str(error)))
-    page.on("console", lambda message: tab.console(message.type, message.text))
-    page.add_init_script(RECORD_UPLOADS)
+    tab = open_tab(browser, two_models)
+    page = tab.page
     try:
-        page.goto(two_models.url + "/")
-        page.wait_for_selector("body[data-state=ready]")
         picker = page.get_by_label("Model")
         assert picker.is_visible()
         assert picker.input_value() == "fruit", "the default model, the first of MODELS"

@@ -6,6 +6,8 @@ network's input (`predictor.checkpoint.Preprocessing`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from predictor.checkpoint import Preprocessing
 from predictor.convert.errors import ConversionError
 
@@ -109,29 +111,24 @@ def default_preprocess(head: str, width: int, height: int) -> Preprocessing:
     calls the cat a mouse and the motorcycle a vase. CenterNet: RGB 0..255,
     no normalisation, letterboxed with zero padding as it was trained.
     """
+    letterbox = Preprocessing(
+        width=width,
+        height=height,
+        resize="letterbox",
+        letterbox_anchor="center",
+        interpolation="predictor",
+        pixel_scale=255,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        reduced_decoding=True,
+    )
     if head == "nanodet":
-        return Preprocessing(
-            width=width,
-            height=height,
-            resize="letterbox",
-            letterbox_anchor="center",
-            interpolation="predictor",
-            pixel_scale=255,
+        return replace(
+            letterbox,
             mean=(123.675, 116.28, 103.53),
             std=(58.395, 57.12, 57.375),
             channel_order="BGR",
-            reduced_decoding=True,
         )
     if head == "centernet":
-        return Preprocessing(
-            width=width,
-            height=height,
-            resize="letterbox",
-            letterbox_anchor="center",
-            interpolation="predictor",
-            pixel_scale=255,
-            mean=(0.0, 0.0, 0.0),
-            std=(1.0, 1.0, 1.0),
-            reduced_decoding=True,
-        )
+        return letterbox
     raise ConversionError(f"no default preprocessing for head {head!r}")

@@ -39,7 +39,11 @@ RUN --mount=type=secret,id=cacert \
     --mount=type=secret,id=pipconf \
     --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=docker/build-env.sh,target=/usr/local/bin/build-env.sh \
-    build-env.sh make test IMAGE_CHECK=none \
-    && .venv/bin/python -m pip wheel --no-deps --wheel-dir /dist . \
+    build-env.sh make test IMAGE_CHECK=none
+RUN --mount=type=secret,id=cacert \
+    --mount=type=secret,id=pipconf \
+    --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,source=docker/build-env.sh,target=/usr/local/bin/build-env.sh \
+    build-env.sh .venv/bin/python -m pip wheel --no-deps --wheel-dir /dist . \
     && cp constraints.txt /dist/ \
     && cp -R models /dist/models

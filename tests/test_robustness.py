@@ -383,7 +383,8 @@ def admitted_at_exit(server: ServerProcess) -> int:
     deadline = time.monotonic() + 10  # the log is read by a thread: let it catch up
     while True:
         for line in list(server.log):
-            if match := re.search(r"stopped: (\d+) detection requests admitted", line):
+            # "requests", or "images" where the server counts images
+            if match := re.search(r"stopped: (\d+) detection \w+ admitted", line):
                 return int(match[1])
         assert time.monotonic() < deadline, "the server did not log its admitted count"
         time.sleep(0.05)

@@ -305,7 +305,7 @@ def check_stop_under_load(box: Container, jpeg: bytes, clients: int, cpus: str) 
         fail(f"the server exited with {code} after docker stop (expected 0)")
     if after < 1:
         fail("no request was answered after the SIGTERM: none provably in flight")
-    stopped = [line.split(" ", 1)[1] for line in lines if "detection requests admitted" in line]
+    stopped = [line.split(" ", 1)[1] for line in lines if "admitted since start" in line]
     log(
         f"docker stop took {stop_s:.1f} s, exit code 0; {after} of {clients} requests were "
         f"answered after the server logged SIGTERM, all {clients} with 200 "

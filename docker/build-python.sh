@@ -5,16 +5,20 @@
 # Used by Dockerfile.runtime's GPU variant: Ubuntu 20.04, the base of the
 # CUDA 11.2 images, has no Python 3.11 package.
 #
-#   docker/build-python.sh PREFIX VERSION SHA256
+#   docker/build-python.sh PREFIX VERSION SHA256 [URL]
+#     URL  the source tarball (.tar.xz or .tgz) to fetch; default, or empty:
+#          python.org's release of VERSION. Whatever its origin, it must match SHA256.
 set -eu
 
-if [ "$#" -ne 3 ]; then
-    echo "usage: $0 PREFIX VERSION SHA256" >&2
+if [ "$#" -lt 3 ] || [ "$#" -gt 4 ]; then
+    echo "usage: $0 PREFIX VERSION SHA256 [URL]" >&2
     exit 2
 fi
 prefix=$1
 version=$2
 sha256=$3
+url=${4:-}
+[ -n "$url" ] || url="https://www.python.org/ftp/python/${version}/Python-${version}.tar.xz"
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
@@ -24,10 +28,11 @@ apt-get install -y --no-install-recommends \
     libreadline-dev libncursesw5-dev uuid-dev libgdbm-dev
 
 src=$(mktemp -d)
-wget -q -O "$src/python.tar.xz" "https://www.python.org/ftp/python/${version}/Python-${version}.tar.xz"
-echo "${sha256}  $src/python.tar.xz" | sha256sum -c -
-tar -x -J -f "$src/python.tar.xz" -C "$src" --strip-components=1
-rm "$src/python.tar.xz"
+# SSL_CERT_FILE: extra CA certificates of the build (docker/build-env.sh).
+wget -q ${SSL_CERT_FILE:+--ca-certificate="$SSL_CERT_FILE"} -O "$src/python.tar" "$url"
+echo "${sha256}  $src/python.tar" | sha256sum -c -
+tar -x -f "$src/python.tar" -C "$src" --strip-components=1
+rm "$src/python.tar"
 
 cd "$src"
 ./configure --prefix="$prefix" --with-ensurepip=install --enable-option-checking=fatal \

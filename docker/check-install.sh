@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# CI's stand-in for building and running the runtime image, where no Docker
-# engine runs: the very steps of Dockerfile.runtime's last stage (CPU variant),
+# The no-engine stand-in for building and running the runtime image, for
+# machines where no Docker engine can run (`make image-check` with
+# IMAGE_CHECK=install; with an engine, docker/image-check.sh builds the images
+# for real): the very steps of Dockerfile.runtime's last stage (CPU variant),
 # on this machine, in a fresh temporary directory.
 #
 #   1. build the wheel from a clean copy of the sources, as the builder does;
@@ -15,10 +17,10 @@
 #      (package data) and /metrics;
 #   7. SIGTERM the server and expect exit code 0.
 #
-# Usage: docker/check-install.sh     (from anywhere; `make image-check`)
+# Usage: docker/check-install.sh     (from anywhere; `make image-check IMAGE_CHECK=install`)
 # Environment: PYTHON (default python3.11), CHECK_STARTUP_S (default 300),
-# CHECK_STOP_S (default 90), CHECK_INSTALL_S (default 1200). Unlike the image
-# build (PIP_NO_CACHE_DIR=1), pip's cache is used, so that reruns are fast.
+# CHECK_STOP_S (default 90), CHECK_INSTALL_S (default 1200). pip's cache is
+# used, as the image build uses its build cache, so that reruns are fast.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,24 +82,44 @@ RECORD_UPLOADS = """
 """
 
 
-def _shipped_model_is_trained() -> bool:
-    """The trained weights are committed (until then models/ holds an untrained stand-in)."""
-    params = f"{SHIPPED_MODEL_PREFIX}-0000.params"
-    try:
-        result = subprocess.run(
-            ["git", "ls-files", "--error-unmatch", params],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            check=False,
-        )
-    except OSError:
-        return False
-    return result.returncode == 0
+# The first eight bytes of an MXNet NDArray file (`mx.nd.save`, HybridBlock.export).
+MXNET_PARAMS_MAGIC = (0x112).to_bytes(8, "little")
 
 
-needs_trained_model = pytest.mark.skipif(
-    not _shipped_model_is_trained(), reason="needs the trained shipped model"
-)
+def _shipped_model_problem() -> str | None:
+    """Why the trained shipped model is not on disk, or None when it is.
+
+    Judged by the files themselves, not by git (the builder image has no .git):
+    the params file exists, is an MXNet params file (not, say, a Git LFS
+    pointer), and has the held-out evaluation that only training writes beside
+    it (`make model`; an untrained stand-in from `export --random-init` has none).
+    """
+    prefix = REPO_ROOT / SHIPPED_MODEL_PREFIX
+    params = Path(f"{prefix}-0000.params")
+    evaluation = Path(f"{prefix}-evaluation.json")
+    if not params.is_file():
+        return f"{params} is missing"
+    with params.open("rb") as file:
+        head = file.read(len(MXNET_PARAMS_MAGIC))
+    if head != MXNET_PARAMS_MAGIC:
+        return f"{params} is not an MXNet params file (a Git LFS pointer?)"
+    if not evaluation.is_file():
+        return f"{evaluation} is missing: {params} is not the trained model (make model)"
+    return None
+
+
+@pytest.fixture
+def trained_model() -> None:
+    """Fails (in CI, in the builder image) or skips (elsewhere) without the trained model."""
+    problem = _shipped_model_problem()
+    if problem is None:
+        return
+    if _browser_required():
+        pytest.fail(f"needs the trained shipped model: {problem}", pytrace=False)
+    pytest.skip(f"needs the trained shipped model: {problem}")
+
+
+needs_trained_model = pytest.mark.usefixtures("trained_model")
 
 
 def _browser_missing() -> str | None:

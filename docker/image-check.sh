@@ -178,8 +178,9 @@ note "container ready: $(awk '/^SMOKE-READY-S/ { print $2 }' "$logs/smoke.log") 
 "$DOCKER" builder prune --force --filter until=168h >/dev/null 2>&1 \
     || note "(docker builder prune failed; the build cache was left as it was)"
 note "images:"
-"$DOCKER" image ls --format '  {{.Repository}}:{{.Tag}} {{.Size}}' \
-    | grep -E '^  predictor' | tee -a "$summary"
+# (docker trims the format's leading spaces: indent afterwards.)
+"$DOCKER" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
+    | { grep -E '^predictor' || true; } | sed 's/^/  /' | tee -a "$summary"
 note "disk used by Docker: $("$DOCKER" system df --format '{{.Type}} {{.Size}}' | paste -sd, | sed 's/,/, /g')"
 echo "=== image-check (engine) OK: both images built, the container passed its smoke test ==="
 echo "    summary: $summary"

@@ -1,0 +1,82 @@
+"""Forward-pass cost of the served networks, side by side in one process.
+
+The COCO model that ships (NanoDet, 416 px, converted from TensorFlow.js)
+against the network the original service ran (GluonCV's SSD 512 on
+ResNet-50, exported with random weights: the cost does not depend on them)
+and the digits model. Each network runs on zeros of its declared input at
+batch 1 and 4, the networks alternating pass by pass, so that a slow
+stretch of a shared machine falls on all of them; the median per image is
+reported. Every core runs the forward pass (MODEL_CPU_THREADS = cores).
+
+    python -m bench.forward_cost [--repeats 8]
+
+Writes bench/forward_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from predictor.runtime.threads import configure_openmp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    """Measure and write bench/forward_cost.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--batches", default="1,4")
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1
+    configure_openmp(threads)
+
+    import numpy as np
+
+    from bench.compare import RESNET_PREFIX, ensure_resnet
+    from predictor.config import SHIPPED_COCO_PREFIX, SHIPPED_MODEL_PREFIX, DeviceSpec
+    from predictor.runtime.model import load_detectors
+
+    ensure_resnet()
+    batches = [int(b) for b in args.batches.split(",")]
+    prefixes = {
+        "coco_nanodet": ROOT / SHIPPED_COCO_PREFIX,
+        "ssd_512_resnet50_v1_coco": RESNET_PREFIX,
+        "ssd300_digits_shapes": ROOT / SHIPPED_MODEL_PREFIX,
+    }
+    detectors = {
+        name: load_detectors(prefix, 0, None, DeviceSpec(), max(batches))[0]
+        for name, prefix in prefixes.items()
+    }
+    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in detectors}
+    for _ in range(args.repeats):
+        for batch in batches:
+            for name, detector in detectors.items():
+                zeros = np.zeros(detector.input_shape, dtype=np.float32)
+                started = time.perf_counter()
+                detector.forward([zeros] * batch)
+                times[name][batch].append((time.perf_counter() - started) * 1000.0 / batch)
+    report = {
+        "threads": threads,
+        "repeats": args.repeats,
+        "ms_per_image": {
+            name: {
+                str(batch): round(statistics.median(values), 1)
+                for batch, values in by_batch.items()
+            }
+            for name, by_batch in times.items()
+        },
+        "input": {name: list(d.input_shape) for name, d in detectors.items()},
+    }
+    out = ROOT / "bench" / "forward_cost.json"
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ One run, one machine, the same checkpoint and the same JPEGs for everyone:
 3. ``naive``: `bench.naive_server`, one synchronous forward per request.
 4. ``mms``: MXNet Model Server 1.1.11 running `bench.mms_handler` (the same
    preprocessing and model code) with its own batching at the same batch
-   size and delay, one worker (`bench.mms`).
+   size and delay, one worker per CPU core, MMS's own default (`bench.mms`).
 
 Each server runs alone in a child process on loopback and is driven by
 closed-loop clients from this process (`bench.loadgen`) at concurrency 1, 4,
@@ -455,7 +455,8 @@ def render_section(
         f"{meta['photos']} JPEGs from 640x480 to 4000x3000, the same for every contender; "
         "closed-loop clients in the benchmark's own process, each server alone in its own "
         "process on loopback, after a warm-up. predictor and MMS batch up to the best offline "
-        f"batch size with a {BATCH_DELAY_MS} ms delay; MMS 1.1.11 (Java 17) runs one worker "
+        f"batch size with a {BATCH_DELAY_MS} ms delay; MMS 1.1.11 (Java 17) runs "
+        f"{os.cpu_count() or 1} workers (one per core, its default) "
         "with `bench/mms_handler.py`; the naive server runs one synchronous forward per "
         "request (`bench/naive_server.py`). Both use predictor's decoding and detection code; "
         + (

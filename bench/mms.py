@@ -97,7 +97,8 @@ class ModelServer:
         edge: int,
         batch_size: int,
         max_batch_delay_ms: int,
-        workers: int = 1,
+        # MMS's own default: one worker per CPU core (its docs' default_workers_per_model).
+        workers: int = os.cpu_count() or 1,
         response_timeout_s: int = 600,
         model_code: str = "plain",
     ) -> None:
@@ -175,7 +176,7 @@ class ModelServer:
                     # The same body limit as predictor's MAX_BODY_BYTES default (MMS: 6.5 MB).
                     "max_request_size=20971520",
                     "max_response_size=20971520",
-                    "default_workers_per_model=1",
+                    f"default_workers_per_model={self.workers}",
                     "enable_envvars_config=false",
                 ]
             )

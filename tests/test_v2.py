@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.http as triton
+import tritonclient.utils as triton_utils
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -144,7 +145,9 @@ def test_health_metadata_and_repository_through_tritonclient(
     assert not triton_client.is_model_ready("no_such_model")
     server = triton_client.get_server_metadata()
     assert server["name"] == "predictor"
-    assert {"binary_tensor_data", "model_repository"} <= set(server["extensions"])
+    assert {"binary_tensor_data", "model_repository", "model_configuration", "statistics"} <= set(
+        server["extensions"]
+    )
     metadata = triton_client.get_model_metadata(model_name)
     assert metadata == {
         "name": model_name,
@@ -251,6 +254,79 @@ def test_requested_outputs_are_answered_in_their_order_and_form(
         [p["x"], p["y"], p["width"], p["height"]] for p in prediction
     ]
     assert result.as_numpy("probabilities") is None
+
+
+def test_triton_config_and_statistics_say_what_the_server_really_did(
+    small_model_prefix: Path,
+) -> None:
+    """Triton's model-configuration and statistics extensions, read by tritonclient itself."""
+    env = {
+        "MODEL_PREFIX": str(small_model_prefix),
+        "MODEL_EDGE": str(SMALL_EDGE),
+        "PREPROCESS_WORKERS": "2",
+        "BATCH_MAX_SIZE": "4",
+        "BATCH_MAX_DELAY_MS": "7",
+        "QUEUE_MAX": "16",
+    }
+    with ServerProcess(env) as process:
+        client = triton.InferenceServerClient(
+            url=f"127.0.0.1:{process.port}", connection_timeout=120.0, network_timeout=120.0
+        )
+        try:
+            name = small_model_prefix.name
+            config = client.get_model_config(name)
+            assert config["max_batch_size"] == 16, "a request carries up to QUEUE_MAX images"
+            assert config["input"] == [
+                {"name": "image", "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}
+            ]
+            assert [o["name"] for o in config["output"]] == [
+                "num_detections",
+                "classes",
+                "probabilities",
+                "boxes",
+            ]
+            batching = config["dynamic_batching"]
+            assert batching["preferred_batch_size"] == [4]
+            assert batching["max_queue_delay_microseconds"] == 7000
+            assert batching["default_queue_policy"]["max_queue_size"] == 16
+            assert config["instance_group"] == [{"name": name, "kind": "KIND_CPU", "count": 1}]
+            assert client.get_model_config(name, model_version="1") == config
+            assert "statistics" in client.get_server_metadata()["extensions"]
+
+            empty = client.get_inference_statistics(name)["model_stats"][0]
+            assert empty["inference_stats"]["success"]["count"] == 0
+
+            jpegs = [encode_jpeg(scene(40 + i, 480, 360)) for i in range(5)]
+            for jpeg in jpegs[:3]:
+                client.infer(name, [image_input([jpeg], binary=True)])
+            # perf_analyzer's batched shape: [N, 1].
+            batched = triton.InferInput("image", [2, 1], "BYTES")
+            batched.set_data_from_numpy(np.array([[jpegs[3]], [jpegs[4]]], dtype=np.object_))
+            result = client.infer(name, [batched])
+            assert result.as_numpy("num_detections").shape == (2,)
+            with pytest.raises(triton_utils.InferenceServerException):
+                client.infer(name, [image_input([b"not a jpeg"], binary=True)])
+
+            stats = client.get_inference_statistics(name)["model_stats"][0]
+            inference = stats["inference_stats"]
+            assert (stats["name"], stats["version"]) == (name, "1")
+            assert inference["success"]["count"] == 4, "requests answered"
+            assert inference["fail"]["count"] == 1, "the request that was not a JPEG"
+            assert stats["inference_count"] == 5, "images through a forward pass"
+            assert 2 <= stats["execution_count"] <= 5
+            for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+                assert inference[part]["count"] == 5, part
+                assert inference[part]["ns"] > 0, part
+            assert inference["success"]["ns"] >= inference["compute_input"]["ns"] // 5
+            assert (
+                sum(b["batch_size"] * b["compute_infer"]["count"] for b in stats["batch_stats"])
+                == 5
+            )
+            assert stats["last_inference"] > 0
+            everything = client.get_inference_statistics()["model_stats"]
+            assert [m["name"] for m in everything] == [name]
+        finally:
+            client.close()
 
 
 def test_infer_of_an_unknown_model_is_404(triton_client: Any) -> None:

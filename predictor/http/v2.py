@@ -9,6 +9,9 @@ v2 client can use the server unchanged::
     GET  /v2/models/NAME[/versions/1]                model metadata
     GET  /v2/models/NAME[/versions/1]/ready          200 when ready, else 503
     POST /v2/models/NAME[/versions/1]/infer          detection
+    GET  /v2/models/NAME[/versions/1]/config         Triton's model configuration
+    GET  /v2/models/NAME[/versions/1]/stats          Triton's statistics of the model
+    GET  /v2/models/stats                            ... of every model
     POST /v2/repository/index                        every model and its state
     POST /v2/repository/models/NAME/load, /unload    400: models are loaded once, at start
 
@@ -25,6 +28,7 @@ Errors are ``{"error": "..."}``, which is also the v2 error shape.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from aiohttp import web
@@ -37,9 +41,11 @@ from predictor.http.v2_codec import (
     HEADER_LENGTH,
     MODEL_VERSION,
     PARSE_INLINE_MAX_BYTES,
+    ServingConfig,
     V2RequestError,
     encode_infer_response,
     load_json_object,
+    model_config,
     model_metadata,
     parse_infer_request,
     server_metadata,
@@ -66,9 +72,13 @@ class V2Routes:
         router.add_get("/v2", self.server_metadata)
         router.add_get("/v2/health/live", self.live)
         router.add_get("/v2/health/ready", self.server_ready)
+        # Before /v2/models/{name}, which would take "stats" for a model's name.
+        router.add_get("/v2/models/stats", self.all_statistics)
         detection_routes = []
         for model in MODEL_ROUTES:
             router.add_get(model, self.model_metadata)
+            router.add_get(model + "/config", self.model_config)
+            router.add_get(model + "/stats", self.model_statistics)
             router.add_get(model + "/ready", self.model_ready)
             router.add_post(
                 model + "/infer",
@@ -111,6 +121,41 @@ class V2Routes:
     async def model_metadata(self, request: web.Request) -> web.Response:
         """``GET /v2/models/NAME``."""
         return web.json_response(model_metadata(self._model(request).name))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        """``GET /v2/models/NAME/config``: Triton's model configuration, as the model is served."""
+        service = self._model(request)
+        settings = service.settings
+        serving = ServingConfig(
+            max_images=self._max_images,
+            batch_max_size=service.batcher.max_batch_size,
+            batch_max_delay_ms=settings.batch_max_delay_ms,
+            queue_max=settings.queue_max,
+            request_timeout_ms=settings.request_timeout_ms,
+            devices=tuple(replica.describe_device() for replica in service.replicas),
+            parameters={
+                "source": service.source,
+                "classes": ",".join(service.classes),
+                "preprocessing": json.dumps(service.preprocessing.to_json()),
+            },
+        )
+        return web.json_response(model_config(service.name, serving))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        """``GET /v2/models/NAME/stats``: the model's counters, as Triton reports them."""
+        service = self._model(request)
+        stats = service.metrics.statistics.to_json(service.name, MODEL_VERSION)
+        return web.json_response({"model_stats": [stats]})
+
+    async def all_statistics(self, request: web.Request) -> web.Response:
+        """``GET /v2/models/stats``: every model's counters."""
+        return web.json_response(
+            {
+                "model_stats": [
+                    s.metrics.statistics.to_json(s.name, MODEL_VERSION) for s in self._registry
+                ]
+            }
+        )
 
     async def model_ready(self, request: web.Request) -> web.Response:
         """``GET /v2/models/NAME/ready``: 200 when the model answers requests, else 503."""

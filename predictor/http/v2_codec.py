@@ -43,8 +43,11 @@ SERVER_NAME = "predictor"
 MODEL_VERSION = "1"
 PLATFORM = "mxnet_gluoncv_ssd"
 # binary_tensor_data: inputs and outputs after the JSON header; model_repository:
-# POST /v2/repository/index (loading and unloading are refused: models load at start).
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+# POST /v2/repository/index (loading and unloading are refused: models load at start);
+# Triton's model_configuration (GET .../config) and statistics (GET .../stats).
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics")
+# Triton's names of the tensor types in a model configuration.
+_CONFIG_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32"}
 INPUT_NAME = "image"
 BASE64 = "base64"
 # JSON requests larger than this are parsed (and their base64 decoded) on a
@@ -499,6 +502,68 @@ def _binary(datatype: str, values: list[Any]) -> bytes:
 def server_metadata() -> dict[str, Any]:
     """``GET /v2``: who answers, and which protocol extensions it has."""
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What a model's Triton configuration states about how it is served."""
+
+    max_images: int  # images one request may carry (QUEUE_MAX)
+    batch_max_size: int
+    batch_max_delay_ms: float
+    queue_max: int
+    request_timeout_ms: float
+    devices: tuple[str, ...]  # one per replica, e.g. ("cpu(0)",) or ("gpu(0)", "gpu(1)")
+    parameters: dict[str, str]
+
+
+def model_config(model_name: str, serving: ServingConfig) -> dict[str, Any]:
+    """``GET /v2/models/NAME/config``: the model as a Triton ``config.pbtxt`` in JSON.
+
+    Batching is declared as it really runs: requests carry up to ``max_images``
+    images (``max_batch_size``; the image tensor is then ``[N, 1]`` or ``[N]``),
+    and the dynamic batcher forms forward passes of up to ``batch_max_size``,
+    waiting at most ``batch_max_delay_ms`` and queueing at most ``queue_max``.
+    """
+    gpus = [int(d[4:-1]) for d in serving.devices if d.startswith("gpu(")]
+    if gpus:
+        instances = [{"name": model_name, "kind": "KIND_GPU", "count": 1, "gpus": gpus}]
+    else:
+        instances = [{"name": model_name, "kind": "KIND_CPU", "count": len(serving.devices)}]
+    # With max_batch_size > 0, Triton's dims leave the batch dimension out.
+    dims = {"image": [1], "num_detections": [1], "classes": [-1], "probabilities": [-1]}
+    dims["boxes"] = [-1, 4]
+    return {
+        "name": model_name,
+        "platform": PLATFORM,
+        "backend": "predictor",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": serving.max_images,
+        "input": [
+            {
+                "name": INPUT.name,
+                "data_type": _CONFIG_TYPES[INPUT.datatype],
+                "format": "FORMAT_NONE",
+                "dims": dims[INPUT.name],
+            }
+        ],
+        "output": [
+            {"name": spec.name, "data_type": _CONFIG_TYPES[spec.datatype], "dims": dims[spec.name]}
+            for spec in OUTPUTS
+        ],
+        "instance_group": instances,
+        "dynamic_batching": {
+            "preferred_batch_size": [serving.batch_max_size],
+            "max_queue_delay_microseconds": int(serving.batch_max_delay_ms * 1000),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": int(serving.request_timeout_ms * 1000),
+                "allow_timeout_override": False,
+                "max_queue_size": serving.queue_max,
+            },
+        },
+        "parameters": {key: {"string_value": value} for key, value in serving.parameters.items()},
+    }
 
 
 def model_metadata(model_name: str) -> dict[str, Any]:

@@ -168,6 +168,11 @@ class Batcher(Generic[In, Out]):
         self._report_health()
 
     @property
+    def max_batch_size(self) -> int:
+        """The most items one forward pass takes."""
+        return self._max_batch_size
+
+    @property
     def queue_depth(self) -> int:
         """Images admitted and not yet dispatched to a forward pass."""
         return self._admitted
@@ -397,6 +402,7 @@ class Batcher(Generic[In, Out]):
         live: list[_Pending[In, Out]],
     ) -> None:
         items = [p.item for p in live]
+        dispatched = time.monotonic()
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(executor, replica, items)
@@ -415,8 +421,11 @@ class Batcher(Generic[In, Out]):
             return
         self._record_success(index)
         if self._metrics:
-            self._metrics.batch_size.observe(len(items))
-            self._metrics.inference_latency.observe(time.perf_counter() - started)
+            self._metrics.record_batch(
+                len(items),
+                time.perf_counter() - started,
+                [dispatched - pending.enqueued_at for pending in live],
+            )
         for pending, result in zip(live, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)

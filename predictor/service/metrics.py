@@ -19,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from predictor.service.stats import ModelStatistics
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
@@ -118,6 +120,14 @@ class ModelMetrics:
         self.inference_failures = metrics.inference_failures.labels(model=model)
         self.deadline_exceeded = metrics.deadline_exceeded.labels(model=model)
         self.abandoned = metrics.abandoned.labels(model=model)
+        # Triton-style cumulative counters of the same model (the v2 statistics extension).
+        self.statistics = ModelStatistics()
+
+    def record_batch(self, size: int, forward_s: float, queued_s: list[float]) -> None:
+        """A forward pass of ``size`` images took ``forward_s``; each had waited ``queued_s``."""
+        self.batch_size.observe(size)
+        self.inference_latency.observe(forward_s)
+        self.statistics.record_batch(size, forward_s, queued_s)
 
     def replica_healthy(self, replica: str) -> Gauge:
         """The health gauge of one of the model's replicas."""

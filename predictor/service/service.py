@@ -179,7 +179,23 @@ class DetectionService:
         the image when there are several. ``timing`` gets the ``decode`` and
         ``infer`` steps of a single image, or one ``detect`` step.
         """
-        deadline = time.monotonic() + self.settings.request_timeout_ms / 1000.0
+        started = time.monotonic()
+        try:
+            results = await self._detect(images, threshold, started, timing)
+        except PredictorError:
+            self.metrics.statistics.record_request(time.monotonic() - started, ok=False)
+            raise
+        self.metrics.statistics.record_request(time.monotonic() - started, ok=True)
+        return results
+
+    async def _detect(
+        self,
+        images: Sequence[bytes],
+        threshold: float,
+        started: float,
+        timing: StepTimes | None,
+    ) -> list[list[Detection]]:
+        deadline = started + self.settings.request_timeout_ms / 1000.0
         admissions = self._admit(len(images))
         if len(images) == 1:
             return [await self._detect_one(admissions[0], images[0], deadline, threshold, timing)]
@@ -236,11 +252,9 @@ class DetectionService:
                 image = await asyncio.wait_for(
                     loop.run_in_executor(
                         self._pool,
-                        _prepare_before,
+                        self._prepare_before,
                         deadline,
                         body,
-                        self.preprocessing,
-                        self.settings.max_image_pixels,
                     ),
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
@@ -263,7 +277,19 @@ class DetectionService:
                 raise InferenceError(f"inference failed: {exc}") from None
             if timing is not None:
                 timing.step("infer")
-        return to_detections(raw, image.placement, self.classes, threshold)
+        mapping = time.perf_counter()
+        found = to_detections(raw, image.placement, self.classes, threshold)
+        self.metrics.statistics.record_output(time.perf_counter() - mapping)
+        return found
+
+    def _prepare_before(self, deadline: float, body: bytes) -> PreparedImage:
+        """`prepare`, unless the deadline passed while the image waited for this thread."""
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed before decoding began")
+        started = time.perf_counter()
+        image = prepare(body, self.preprocessing, self.settings.max_image_pixels)
+        self.metrics.statistics.record_input(time.perf_counter() - started)
+        return image
 
     def _timed_out(self, reason: str) -> DeadlineExceeded:
         limit = self.settings.request_timeout_ms
@@ -277,15 +303,6 @@ def _forward_of(replica: Replica) -> Callable[[Sequence[PreparedImage]], list[Ra
         return replica.forward([image.tensor for image in images])
 
     return forward
-
-
-def _prepare_before(
-    deadline: float, body: bytes, preprocessing: Preprocessing, max_pixels: int
-) -> PreparedImage:
-    """`prepare`, unless the deadline passed while the image waited for this thread."""
-    if time.monotonic() >= deadline:
-        raise DeadlineExceeded("the deadline passed before decoding began")
-    return prepare(body, preprocessing, max_pixels)
 
 
 class _ReadyProbe:

@@ -194,3 +194,21 @@ coco-nanodet: setup human-models
 coco-centernet: setup human-models
 	$(BIN)/predictor convert tfjs $(HUMAN_MODELS)/models/centernet.json --head centernet \
 		--out build/models/coco_centernet/centernet
+
+# ---------------------------------------------------------------------------
+# NVIDIA's perf_analyzer (Triton's load generator) against our v2 endpoint:
+# tests/test_perf_analyzer.py and the benchmarks run it. Its binary ships in
+# the tritonclient wheel (tools/perf_analyzer/requirements.txt says why that
+# one); it needs Debian's libb64-0d, installed here when missing.
+PERF_ANALYZER_DIR := build/perf-analyzer
+.PHONY: perf-analyzer
+perf-analyzer: $(PERF_ANALYZER_DIR)/.installed
+$(PERF_ANALYZER_DIR)/.installed: tools/perf_analyzer/requirements.txt
+	@if ! ldconfig -p | grep -q 'libb64.so.0d'; then \
+		echo "Installing libb64-0d for perf_analyzer (apt-get)"; \
+		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends libb64-0d; } </dev/null; \
+	fi
+	test -x $(PERF_ANALYZER_DIR)/bin/python || $(PYTHON) -m venv $(PERF_ANALYZER_DIR)
+	$(PERF_ANALYZER_DIR)/bin/python -m pip install --quiet -r tools/perf_analyzer/requirements.txt
+	test -x $(PERF_ANALYZER_DIR)/bin/perf_analyzer
+	touch $@

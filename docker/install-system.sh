@@ -17,7 +17,7 @@ set -eu
 
 case "${1:-}" in
     runtime) packages="libgomp1 libquadmath0 ca-certificates" ;;
-    builder) packages="libgomp1 libquadmath0 ca-certificates make libatomic1 chromium fonts-liberation nodejs npm" ;;
+    builder) packages="libgomp1 libquadmath0 ca-certificates make libatomic1 chromium fonts-liberation nodejs npm libb64-0d" ;;
     *) echo "usage: $0 runtime|builder" >&2; exit 2 ;;
 esac
 if [ -f /opt/python/share/runtime-packages.txt ]; then

@@ -153,7 +153,7 @@ def test_health_metadata_and_repository_through_tritonclient(
         "name": model_name,
         "versions": ["1"],
         "platform": "mxnet_gluoncv_ssd",
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [
             {"name": "num_detections", "datatype": "INT32", "shape": [-1]},
             {"name": "classes", "datatype": "BYTES", "shape": [-1, -1]},

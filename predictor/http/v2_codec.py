@@ -69,7 +69,9 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-INPUT = TensorSpec(INPUT_NAME, "BYTES", (-1,))
+# [N, 1]: N images of one element each, as Triton states a batched input whose
+# configuration dims are [1]; requests may also send [N].
+INPUT = TensorSpec(INPUT_NAME, "BYTES", (-1, 1))
 OUTPUTS = (
     TensorSpec("num_detections", "INT32", (-1,)),
     TensorSpec("classes", "BYTES", (-1, -1)),
@@ -549,6 +551,8 @@ def model_config(model_name: str, serving: ServingConfig) -> dict[str, Any]:
         ],
         "output": [
             {"name": spec.name, "data_type": _CONFIG_TYPES[spec.datatype], "dims": dims[spec.name]}
+            # num_detections is sent as [N]: one element per image, Triton's "reshape" to [].
+            | ({"reshape": {"shape": []}} if spec.name == "num_detections" else {})
             for spec in OUTPUTS
         ],
         "instance_group": instances,

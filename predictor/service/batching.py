@@ -97,6 +97,10 @@ class Admission(Generic[In, Out]):
     def __init__(self, batcher: Batcher[In, Out]) -> None:
         self._batcher = batcher
         self._held = True
+        # Set when the item's forward pass has run: how long it waited in the
+        # queue for it, and how long the pass took (seconds).
+        self.queued_s = 0.0
+        self.forward_s = 0.0
 
     def __enter__(self) -> Admission[In, Out]:
         return self
@@ -421,12 +425,12 @@ class Batcher(Generic[In, Out]):
             return
         self._record_success(index)
         if self._metrics:
-            self._metrics.record_batch(
-                len(items),
-                time.perf_counter() - started,
-                [dispatched - pending.enqueued_at for pending in live],
-            )
+            self._metrics.record_batch(len(items), time.perf_counter() - started)
+        forward_s = time.perf_counter() - started
         for pending, result in zip(live, results, strict=True):
+            if pending.admission is not None:
+                pending.admission.queued_s = dispatched - pending.enqueued_at
+                pending.admission.forward_s = forward_s
             if not pending.future.done():
                 pending.future.set_result(result)
 

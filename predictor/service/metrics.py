@@ -123,11 +123,11 @@ class ModelMetrics:
         # Triton-style cumulative counters of the same model (the v2 statistics extension).
         self.statistics = ModelStatistics()
 
-    def record_batch(self, size: int, forward_s: float, queued_s: list[float]) -> None:
-        """A forward pass of ``size`` images took ``forward_s``; each had waited ``queued_s``."""
+    def record_batch(self, size: int, forward_s: float) -> None:
+        """A forward pass of ``size`` images took ``forward_s``."""
         self.batch_size.observe(size)
         self.inference_latency.observe(forward_s)
-        self.statistics.record_batch(size, forward_s, queued_s)
+        self.statistics.record_batch(size, forward_s)
 
     def replica_healthy(self, replica: str) -> Gauge:
         """The health gauge of one of the model's replicas."""

@@ -249,7 +249,7 @@ class DetectionService:
             try:
                 # Waiting for a decoding thread counts against the deadline too;
                 # an image whose deadline passed before its turn is not decoded.
-                image = await asyncio.wait_for(
+                image, decode_s = await asyncio.wait_for(
                     loop.run_in_executor(
                         self._pool,
                         self._prepare_before,
@@ -279,17 +279,18 @@ class DetectionService:
                 timing.step("infer")
         mapping = time.perf_counter()
         found = to_detections(raw, image.placement, self.classes, threshold)
-        self.metrics.statistics.record_output(time.perf_counter() - mapping)
+        self.metrics.statistics.record_image(
+            decode_s, admission.queued_s, admission.forward_s, time.perf_counter() - mapping
+        )
         return found
 
-    def _prepare_before(self, deadline: float, body: bytes) -> PreparedImage:
-        """`prepare`, unless the deadline passed while the image waited for this thread."""
+    def _prepare_before(self, deadline: float, body: bytes) -> tuple[PreparedImage, float]:
+        """`prepare` and its duration, unless the deadline passed while the image waited."""
         if time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed before decoding began")
         started = time.perf_counter()
         image = prepare(body, self.preprocessing, self.settings.max_image_pixels)
-        self.metrics.statistics.record_input(time.perf_counter() - started)
-        return image
+        return image, time.perf_counter() - started
 
     def _timed_out(self, reason: str) -> DeadlineExceeded:
         limit = self.settings.request_timeout_ms

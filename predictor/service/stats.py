@@ -63,26 +63,27 @@ class ModelStatistics:
         with self._lock:
             (self.success if ok else self.fail).add(seconds)
 
-    def record_input(self, seconds: float) -> None:
-        """One image was decoded and preprocessed in ``seconds``."""
-        with self._lock:
-            self.compute_input.add(seconds)
+    def record_image(
+        self, input_s: float, queued_s: float, infer_s: float, output_s: float
+    ) -> None:
+        """One image went all the way: decoded in ``input_s``, waited ``queued_s`` for its
+        forward pass, which took ``infer_s``, and became detections in ``output_s``.
 
-    def record_output(self, seconds: float) -> None:
-        """One image's outputs became detections in ``seconds``."""
+        All four at once, as Triton counts a request when it completes: readers
+        (perf_analyzer) expect the compute counts to be equal at any moment.
+        """
         with self._lock:
-            self.compute_output.add(seconds)
+            self.inference_count += 1
+            self.last_inference_ms = int(time.time() * 1000)
+            self.compute_input.add(input_s)
+            self.queue.add(queued_s)
+            self.compute_infer.add(infer_s)
+            self.compute_output.add(output_s)
 
-    def record_batch(self, size: int, forward_s: float, queued_s: list[float]) -> None:
-        """A forward pass of ``size`` images took ``forward_s``; each had waited ``queued_s``."""
+    def record_batch(self, size: int, forward_s: float) -> None:
+        """A forward pass of ``size`` images took ``forward_s``."""
         with self._lock:
             self.execution_count += 1
-            self.inference_count += size
-            self.last_inference_ms = int(time.time() * 1000)
-            # Triton counts compute_infer per request (here: per image) in inference_stats.
-            self.compute_infer.add(forward_s * size, size)
-            for waited in queued_s:
-                self.queue.add(waited)
             batch = self._batches.setdefault(size, _BatchStats())
             batch.compute_infer.add(forward_s)
 

@@ -1,0 +1,106 @@
+"""NVIDIA's perf_analyzer, unchanged, against a real server's v2 endpoint.
+
+perf_analyzer reads the model's configuration and metadata (Triton's
+model-configuration extension), sends the image tensor as ``[1, 1]`` BYTES
+(its ``b64`` input data: a 4-byte little-endian length, then the JPEG), and
+checks the server's statistics extension against what it sent. It is
+installed by `make perf-analyzer` (the binary inside the tritonclient wheel);
+where that cannot be had the test skips loudly, except in CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.server_process import ServerProcess
+
+from .conftest import REPO_ROOT, encode_jpeg, known_objects
+
+PERF_DIR = REPO_ROOT / "build" / "perf-analyzer"
+PERF_ANALYZER = PERF_DIR / "bin" / "perf_analyzer"
+
+
+def _cuda_runtime_dir() -> Path:
+    found = sorted(PERF_DIR.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
+    assert found, f"no CUDA runtime wheel under {PERF_DIR}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def perf_analyzer() -> Path:
+    if not (PERF_DIR / ".installed").is_file():
+        made = subprocess.run(
+            ["make", "-s", "-C", str(REPO_ROOT), "perf-analyzer"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if made.returncode != 0:
+            message = f"perf_analyzer unavailable: {(made.stderr or made.stdout)[-800:]}"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(message)
+            pytest.skip(f"*** {message} ***")
+    return PERF_ANALYZER
+
+
+def test_perf_analyzer_runs_against_the_v2_endpoint(
+    perf_analyzer: Path, small_model_prefix: Path, tmp_path: Path
+) -> None:
+    jpeg = encode_jpeg(known_objects().image)
+    element = base64.b64encode(struct.pack("<I", len(jpeg)) + jpeg).decode()
+    data = tmp_path / "input.json"
+    data.write_text(json.dumps({"data": [{"image": {"b64": element, "shape": [1]}}]}))
+    env = {"MODEL_PREFIX": str(small_model_prefix), "MODEL_NAME": "digits"}
+    with ServerProcess({**env, "PREPROCESS_WORKERS": "2"}) as server:
+        result = subprocess.run(
+            [
+                str(perf_analyzer),
+                "-m",
+                "digits",
+                "-u",
+                f"127.0.0.1:{server.port}",
+                "-i",
+                "http",
+                "--input-data",
+                str(data),
+                "--concurrency-range",
+                "2",
+                # A bounded run: windows of 20 requests, at most 3 of them, stable or not
+                # (speed is measured by the benchmarks, not here).
+                "--measurement-mode",
+                "count_windows",
+                "--measurement-request-count",
+                "20",
+                "--stability-percentage",
+                "999",
+                "--max-trials",
+                "3",
+            ],
+            env={**os.environ, "LD_LIBRARY_PATH": str(_cuda_runtime_dir())},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        status, stats = server.request("/v2/models/digits/stats")
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-3000:]
+    # perf_analyzer's own reading of the statistics extension: every request it sent.
+    sent, served = (
+        int(found.group(1)) if (found := re.search(pattern, report)) else -1
+        for pattern in (r"Client:\s+Request count: (\d+)", r"Successful request count: (\d+)")
+    )
+    assert sent >= 20 and served == sent, report[-3000:]
+    assert "compute infer" in report, "the server-side breakdown comes from /stats"
+    assert status == 200
+    success = stats["model_stats"][0]["inference_stats"]["success"]["count"]
+    assert success >= sent

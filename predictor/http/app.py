@@ -79,7 +79,9 @@ def create_app(
             for name, replicas in models.items()
         ]
     )
-    guard = RequestGuard(settings.api_key, settings.max_body_bytes, metrics)
+    guard = RequestGuard(
+        settings.api_key, settings.max_body_bytes, metrics, settings.body_timeout_s
+    )
     detection_routes = {settings.entry_point}
     app = web.Application(
         client_max_size=settings.max_body_bytes,

@@ -79,7 +79,7 @@ class PredictRoute:
             as_image = wants_image(request.query.get("render"), request.headers.get("Accept"))
         except ValueError as exc:
             raise InvalidInput(f"render: {exc}") from None
-        body = await request.read()
+        body = await self._guard.read_body(request)
         if not body:
             raise InvalidInput("the body is empty; send the JPEG bytes")
         timing.step("read")

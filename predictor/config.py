@@ -10,7 +10,8 @@ Variable             Default                  Meaning
 REST_HOST            0.0.0.0                  bind address
 REST_PORT            8080                     TCP port (0: any free port)
 REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
-                                              /ready, /metrics, /info, or under /static or /v2)
+                                              /ready, /metrics, /info, /openapi.json, or
+                                              under /static or /v2)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
 MODELS               (unset: one model, from  several models: NAME=PREFIX pairs separated by
                      MODEL_PREFIX)            commas, e.g. "coco=models/coco/nanodet,
@@ -95,7 +96,7 @@ SHIPPED_MODEL_EDGE = 300
 
 # Paths the service answers itself (GET), which the detection endpoint may not take.
 # "/" is allowed: the page answers GET there, the endpoint POST.
-RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
+RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info", "/openapi.json"})
 STATIC_PREFIX = "/static"
 # The Open Inference Protocol v2 routes (`predictor.http.v2`) live under this prefix.
 V2_PREFIX = "/v2"

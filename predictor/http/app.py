@@ -8,7 +8,8 @@ each protocol needs to that protocol's routes:
 - the original contract (`predictor.http.predict`), at ``REST_ENTRY_POINT``;
 - the Open Inference Protocol v2 (`predictor.http.v2`), under ``/v2``;
 - the operations endpoints (`predictor.http.ops`): ``/health``, ``/ready``, ``/metrics``;
-- the web page and ``/info`` (`predictor.http.page`).
+- the web page and ``/info`` (`predictor.http.page`);
+- ``/openapi.json``, the OpenAPI 3.1 description of all of them (`predictor.http.openapi`).
 
 Every answer is JSON except /metrics, the page and a drawn detection.
 Anything that is not a good request gets a 4xx with ``{"error": "..."}``
@@ -31,6 +32,7 @@ from aiohttp.typedefs import Middleware
 from predictor.config import Settings
 from predictor.http.errors import Handler, error_middleware
 from predictor.http.guard import MODEL_KEY, RequestGuard, route_name
+from predictor.http.openapi import OPENAPI_PATH, openapi_description
 from predictor.http.ops import OpsRoutes
 from predictor.http.page import PageRoutes
 from predictor.http.predict import PredictRoute
@@ -96,9 +98,22 @@ def create_app(
         registry, guard, settings.probability_threshold, settings.max_image_pixels, pool
     ).add_to(app.router, settings.entry_point)
     OpsRoutes(registry, metrics, guard, settings.metrics_require_key).add_to(app.router)
-    PageRoutes(settings, registry).add_to(app.router)
+    page = PageRoutes(settings, registry)
+    page.add_to(app.router)
     v2 = V2Routes(registry, guard, settings.probability_threshold, settings.queue_max)
     detection_routes.update(v2.add_to(app.router))
+    description = openapi_description(
+        settings.entry_point,
+        [service.name for service in registry],
+        page.static_names,
+        api_key_set=settings.api_key is not None,
+        metrics_require_key=settings.metrics_require_key,
+    )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(description)
+
+    app.router.add_get(OPENAPI_PATH, openapi)
 
     async def start(app: web.Application) -> None:
         registry.start()

@@ -164,6 +164,11 @@ class V2Routes:
             return refusal
         service = self._model(request)
         request[MODEL_KEY] = service.name
+        if request.query:
+            raise V2RequestError(
+                f"unknown query parameter {sorted(request.query)[0]!r}: v2 inference takes "
+                "its parameters in the request's 'parameters'"
+            )
         body = await self._guard.read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_INLINE_MAX_BYTES and header_length is None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from predictor.config import Settings, parse_probability
 from predictor.data.cli import add_data_parser
 from predictor.errors import CheckpointError, ConfigError, PredictorError
+from predictor.runtime.memory import settle_heap, tune_allocator
 from predictor.runtime.threads import configure_openmp
 from predictor.training.config import TrainConfig
 
@@ -228,7 +229,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from predictor.http.server import serve
 
+    # Before the models load: their buffers follow the same rule (predictor/runtime/memory.py).
+    tune_allocator()
     models = _load(settings)
+    settle_heap()
     asyncio.run(serve(settings, models))
     return 0
 

@@ -37,6 +37,7 @@ from predictor.http.ops import OpsRoutes
 from predictor.http.page import PageRoutes
 from predictor.http.predict import PredictRoute
 from predictor.http.v2 import V2Routes
+from predictor.runtime.memory import TRIM_INTERVAL_S, release_free_memory
 from predictor.runtime.threads import preprocess_pool
 from predictor.service.metrics import Metrics
 from predictor.service.registry import ModelRegistry
@@ -45,6 +46,7 @@ from predictor.service.service import DetectionService, Replica, ServiceSettings
 # The models the application serves; the runner reads it to report at shutdown.
 REGISTRY_KEY = web.AppKey("registry", ModelRegistry)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+TRIM_KEY = web.AppKey("trim", asyncio.Task[None])
 
 
 def create_app(
@@ -117,6 +119,7 @@ def create_app(
 
     async def start(app: web.Application) -> None:
         registry.start()
+        app[TRIM_KEY] = asyncio.create_task(_trim_periodically())
 
     async def stop(app: web.Application) -> None:
         # aiohttp has closed the listening socket by now; admitted images finish
@@ -124,12 +127,20 @@ def create_app(
         await registry.stop()
 
     async def stop_pool(app: web.Application) -> None:
+        app[TRIM_KEY].cancel()
         _shutdown(pool)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.on_cleanup.append(stop_pool)
     return app
+
+
+async def _trim_periodically() -> None:
+    """Give the allocator's free pages back every few seconds (predictor/runtime/memory.py)."""
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL_S)
+        await asyncio.to_thread(release_free_memory)
 
 
 def _shutdown(pool: ThreadPoolExecutor) -> None:

@@ -158,6 +158,7 @@ def measure(
     requests: int,
     clients: int,
     counter: list[int],
+    settle_s: float,
 ) -> PathReport:
     """Warm the path up, snapshot, run it, snapshot; the differences."""
     pid = server.process.pid
@@ -167,12 +168,14 @@ def measure(
             return await drive(make_sender(session), count, clients)
 
     asyncio.run(run(warmup))
-    time.sleep(1.5)  # cancelled handlers finish, the trim runs
+    # The server works through what it was sent (abandoned images still queued for
+    # decoding included) and its periodic collection and trim run.
+    time.sleep(settle_s)
     counter[0] += 1
     before, _ = snapshot(pid, folder, counter[0])
     rss_before = rss_bytes(pid)
     statuses = asyncio.run(run(requests))
-    time.sleep(1.5)
+    time.sleep(settle_s)
     counter[0] += 1
     after, garbage = snapshot(pid, folder, counter[0])
     rss_after = rss_bytes(pid)
@@ -205,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--untuned", action="store_true", help="glibc's malloc defaults")
     parser.add_argument("--json", type=Path, help="write the reports here")
+    parser.add_argument("--settle-s", type=float, default=12.0, help="pause before each snapshot")
+    parser.add_argument("--only", help="only the paths whose label contains this")
     args = parser.parse_args(argv)
     mix = cases()
     photos = [c for c in mix if c.expected == 200 and c.path == "/predict" and not c.query]
@@ -255,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 assert server.port is not None
                 port = server.port
                 for label, path_mix in paths:
+                    if args.only and args.only not in label:
+                        continue
 
                     def sender(
                         session: aiohttp.ClientSession,
@@ -276,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.requests,
                             args.clients,
                             counter,
+                            args.settle_s,
                         )
                     )
                 code = server.stop()

@@ -20,7 +20,8 @@ protocol that wraps aiohttp's per-connection `RequestHandler`:
   request's headers are incomplete.
 - ``MAX_CONNECTIONS``: a connection beyond the cap gets a 503 written
   straight to the socket (``Retry-After``, ``Connection: close``) and is
-  closed; it never reaches aiohttp, so refusing costs a few hundred bytes.
+  closed once the client has read it (at most `REFUSAL_LINGER_S` later); it
+  never reaches aiohttp, so refusing costs a few hundred bytes.
 
 The body's deadline (``BODY_TIMEOUT_S``, 408) is the handlers' business:
 `predictor.http.guard.RequestGuard.read_body`.

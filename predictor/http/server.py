@@ -6,6 +6,10 @@ admitted image finish for up to ``SHUTDOWN_GRACE_S``, answers whatever still
 waits after that with 503, and exits 0. A second signal exits at once
 (code 1), for an operator who does not want to wait.
 
+Connections go through `predictor.http.connections` (the header deadline
+``HEADER_TIMEOUT_S`` and the cap ``MAX_CONNECTIONS``); an idle keep-alive
+connection is closed after ``KEEPALIVE_TIMEOUT_S``.
+
 Handlers are cancelled when their client disconnects (aiohttp's
 ``handler_cancellation``), which is how an abandoned request leaves its batch
 before the forward pass.

@@ -15,17 +15,24 @@ flat under every kind of request, yet the RSS crept up a few hundred KiB per
   shrinks from its top, so the holes between long-lived blocks stay
   resident, and each new arena adds its own high-water mark.
 
-The remedy is two settings that make the RSS follow the live data:
+Python adds its own delay: objects in reference cycles are freed only by a
+full collection, which comes rarely when millions of long-lived objects
+(MXNet, the models) are tracked. The remedies make the RSS follow the live
+data:
 
 - `tune_allocator` (at start, before the models load) fixes the mmap
   threshold at `MMAP_THRESHOLD_BYTES`, which also stops its drift: buffers of
   that size and more are mmapped and go back to the system as soon as they
   are freed;
-- `release_free_memory` (``malloc_trim(0)``), which the server calls every
-  `TRIM_INTERVAL_S` on a worker thread, returns the free pages inside the
-  arenas (glibc >= 2.8 trims the whole heap, not only its top).
+- `settle_heap` (once the models are warm) freezes the start-up heap, so
+  that later collections look only at what requests allocate;
+- `release_free_memory`, which the server calls every `TRIM_INTERVAL_S` on a
+  worker thread, collects cyclic garbage and then returns the free pages
+  inside the arenas (``malloc_trim(0)``: glibc >= 2.8 trims the whole heap,
+  not only its top).
 
-Elsewhere (musl, macOS) neither exists, and both are no-ops.
+Elsewhere (musl, macOS) the C library has neither mallopt nor malloc_trim,
+and the allocator keeps its defaults.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ setup(
             "pytest-aiohttp",
             "pytest-asyncio",
             "hypothesis",
+            # Fuzzing the running server from its OpenAPI description (tests/test_openapi.py).
+            "schemathesis",
             "ruff",
             "mypy",
             # The layering contract in pyproject.toml (make lint).

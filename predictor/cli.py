@@ -21,6 +21,7 @@ from predictor.config import Settings, parse_probability
 from predictor.convert.cli import add_convert_parser
 from predictor.data.cli import add_data_parser
 from predictor.errors import CheckpointError, ConfigError, PredictorError
+from predictor.runtime.memory import settle_heap, tune_allocator
 from predictor.runtime.threads import configure_openmp
 from predictor.training.config import TrainConfig
 
@@ -234,7 +235,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     from predictor.http.server import serve
 
+    # Before the models load: their buffers follow the same rule (predictor/runtime/memory.py).
+    tune_allocator()
     models = _load(settings)
+    settle_heap()
     asyncio.run(serve(settings, models))
     return 0
 

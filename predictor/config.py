@@ -10,7 +10,8 @@ Variable             Default                  Meaning
 REST_HOST            0.0.0.0                  bind address
 REST_PORT            8080                     TCP port (0: any free port)
 REST_ENTRY_POINT     /predict                 path of the detection endpoint (not /health,
-                                              /ready, /metrics, /info, or under /static or /v2)
+                                              /ready, /metrics, /info, /openapi.json, or
+                                              under /static or /v2)
 PROBABILITY_MORE     0.5                      keep detections with probability above this
 MODELS               coco=models/coco_nanodet/ several models: NAME=PREFIX pairs separated by
                      nanodet,digits=models/   commas; the first is the default; not with
@@ -55,6 +56,18 @@ REQUEST_TIMEOUT_MS   10000                    longest an image may wait, from th
 SHUTDOWN_GRACE_S     8                        on SIGTERM/SIGINT, how long admitted requests
                                               may take to finish (below Docker's default
                                               10 s stop timeout); then 503 and exit 0
+HEADER_TIMEOUT_S     10                       longest a new connection may take to send
+                                              its first request's headers; then it is
+                                              closed (a slowloris holds nothing for long)
+BODY_TIMEOUT_S       60                       longest a request's body may take to arrive,
+                                              from the end of its headers; then 408 and
+                                              the connection is closed
+KEEPALIVE_TIMEOUT_S  75                       how long an idle keep-alive connection (or
+                                              one whose next request's headers are still
+                                              incomplete) stays open; above the 60 s idle
+                                              timeout of common load balancers
+MAX_CONNECTIONS      1000                     open client connections; a connection beyond
+                                              it gets 503 (Retry-After) and is closed
 API_KEY              (unset)                  when set, detection requests need
                                               "Authorization: Bearer <key>" (else 401);
                                               at least 16 visible ASCII characters
@@ -86,7 +99,7 @@ DEFAULT_MODELS = f"coco={SHIPPED_COCO_PREFIX},digits={SHIPPED_MODEL_PREFIX}"
 
 # Paths the service answers itself (GET), which the detection endpoint may not take.
 # "/" is allowed: the page answers GET there, the endpoint POST.
-RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info"})
+RESERVED_PATHS = frozenset({"/health", "/ready", "/metrics", "/info", "/openapi.json"})
 STATIC_PREFIX = "/static"
 # The Open Inference Protocol v2 routes (`predictor.http.v2`) live under this prefix.
 V2_PREFIX = "/v2"
@@ -156,6 +169,11 @@ class Settings:
     preprocess_nice: int = 10
     request_timeout_ms: float = 10_000.0
     shutdown_grace_s: float = 8.0
+    # Slow and abusive clients (predictor/http/connections.py).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 1000
     # repr=False: the key must never reach a log line, an error message or a traceback.
     api_key: str | None = field(default=None, repr=False)
     metrics_require_key: bool = False
@@ -244,6 +262,10 @@ class Settings:
                 "REQUEST_TIMEOUT_MS", _float_in(1.0, 3_600_000.0), 10_000.0
             ),
             shutdown_grace_s=reader.get("SHUTDOWN_GRACE_S", _float_in(0.0, 3600.0), 8.0),
+            header_timeout_s=reader.get("HEADER_TIMEOUT_S", _float_in(0.1, 3600.0), 10.0),
+            body_timeout_s=reader.get("BODY_TIMEOUT_S", _float_in(0.1, 3600.0), 60.0),
+            keepalive_timeout_s=reader.get("KEEPALIVE_TIMEOUT_S", _float_in(0.1, 3600.0), 75.0),
+            max_connections=reader.get("MAX_CONNECTIONS", _int_in(1, 1_000_000), 1000),
             api_key=api_key,
             metrics_require_key=metrics_require_key,
             log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),

@@ -30,6 +30,10 @@ class InvalidInput(PredictorError, ValueError):
     """The request cannot be answered as sent (HTTP 400)."""
 
 
+class RequestTimeout(PredictorError):
+    """The client did not send its whole request in time (HTTP 408; the connection is closed)."""
+
+
 class ImageError(InvalidInput):
     """The bytes are not an image this service can use (HTTP 400)."""
 
@@ -95,6 +99,7 @@ __all__ = [
     "ModelNotReady",
     "Overloaded",
     "PredictorError",
+    "RequestTimeout",
     "ShuttingDown",
     "Unavailable",
 ]

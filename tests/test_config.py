@@ -60,6 +60,10 @@ def test_every_variable_is_read() -> None:
             "MODEL_CPU_REPLICAS": "2",
             "REQUEST_TIMEOUT_MS": "250",
             "SHUTDOWN_GRACE_S": "2.5",
+            "HEADER_TIMEOUT_S": "3",
+            "BODY_TIMEOUT_S": "30.5",
+            "KEEPALIVE_TIMEOUT_S": "61",
+            "MAX_CONNECTIONS": "500",
             "API_KEY": "0123456789abcdef-key",
             "METRICS_REQUIRE_KEY": "true",
             "LOG_LEVEL": "debug",
@@ -81,6 +85,8 @@ def test_every_variable_is_read() -> None:
     assert settings.preprocess_nice == 0
     assert settings.model_cpu_threads == 4
     assert (settings.request_timeout_ms, settings.shutdown_grace_s) == (250.0, 2.5)
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (3.0, 30.5)
+    assert (settings.keepalive_timeout_s, settings.max_connections) == (61.0, 500)
     assert settings.api_key == "0123456789abcdef-key"
     assert settings.metrics_require_key is True
     assert settings.log_level == "DEBUG"
@@ -130,6 +136,11 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("REQUEST_TIMEOUT_MS", "soon"),
         ("SHUTDOWN_GRACE_S", "-1"),
         ("SHUTDOWN_GRACE_S", "nan"),
+        ("HEADER_TIMEOUT_S", "0"),
+        ("BODY_TIMEOUT_S", "forever"),
+        ("KEEPALIVE_TIMEOUT_S", "inf"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS", "lots"),
         ("METRICS_REQUIRE_KEY", "maybe"),
         ("PREPROCESS_NICE", "-1"),
         ("PREPROCESS_NICE", "20"),

@@ -1,23 +1,51 @@
 """Memory stays flat under sustained load: a short version of `make soak` (bench/soak.py).
 
-2,000 requests of the soak's mix (photos of many sizes, progressive, grayscale,
-EXIF-rotated, 12- and 16-bit, drawn answers, refused bodies) through a real
-`predictor serve`; after the warm-up (the first 400) the server's RSS must grow
-by less than 5 %, every answer must be the expected one, and SIGTERM must stop
-the server with exit code 0. The 20,000-request figures are in BENCHMARKS.md.
+2,000 requests of the soak's mix (photos of many sizes, progressive,
+grayscale, EXIF-rotated, 12- and 16-bit, drawn answers, v2 binary and JSON,
+refused bodies) through a real `predictor serve`. After the warm-up (the
+first 400) the server's RSS at rest must end within `MAX_GROWTH` of where it
+started, the slope of its RSS under load must stay under `MAX_SLOPE`, every
+answer must be the expected one, and SIGTERM must stop the server with exit
+code 0. The 100,000-request figures and their plot are in BENCHMARKS.md.
+
+The second test shows that these bounds catch a real leak: the same soak
+against a deliberately leaking build of the ``/predict`` handler (each
+request keeps 50 KB, `bench/memprobe/sitecustomize.py`) must fail them.
 """
 
 from __future__ import annotations
 
-from bench.soak import soak
+from bench.soak import SoakReport, soak
 
 REQUESTS = 2_000
+WARMUP = 0.2
+# Bounds for 1,600 requests after a short warm-up, measured on 2 cores shared with
+# other work: the server as it is ended +1.3 % to +2.2 % at rest with a slope of
+# +2 to +12 MiB per 1,000 requests (a short run still sees the tail of the
+# warm-up); a build that keeps 50 KB per request (less than a leaked photo
+# body) ends far beyond both. The 100,000-request soak (`make soak`) holds the
+# server to the real target: 20 KiB per 1,000 requests.
 MAX_GROWTH = 0.05
+MAX_SLOPE = 20 * 1024 * 1024
+LEAK_BYTES = 50_000
 
 
-def test_rss_stays_flat_over_2000_requests() -> None:
-    report = soak(REQUESTS, clients=8, warmup_fraction=0.2, time_limit_s=900)
+def run(leak_bytes: int = 0) -> SoakReport:
+    report = soak(
+        REQUESTS, clients=8, warmup_fraction=WARMUP, time_limit_s=900, leak_bytes=leak_bytes
+    )
     print(report.summary())
     assert sum(report.statuses.values()) == REQUESTS, report.summary()
     assert not report.unexpected, report.summary()
-    assert report.growth < MAX_GROWTH, report.summary()
+    return report
+
+
+def test_rss_stays_flat_over_2000_requests() -> None:
+    report = run()
+    assert abs(report.growth) < MAX_GROWTH, report.summary()
+    assert report.slope_bytes_per_1000 < MAX_SLOPE, report.summary()
+
+
+def test_a_leaking_build_fails_the_same_bounds() -> None:
+    report = run(leak_bytes=LEAK_BYTES)
+    assert not report.passed(MAX_GROWTH, MAX_SLOPE), report.summary()

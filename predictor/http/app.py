@@ -8,7 +8,8 @@ each protocol needs to that protocol's routes:
 - the original contract (`predictor.http.predict`), at ``REST_ENTRY_POINT``;
 - the Open Inference Protocol v2 (`predictor.http.v2`), under ``/v2``;
 - the operations endpoints (`predictor.http.ops`): ``/health``, ``/ready``, ``/metrics``;
-- the web page and ``/info`` (`predictor.http.page`).
+- the web page and ``/info`` (`predictor.http.page`);
+- ``/openapi.json``, the OpenAPI 3.1 description of all of them (`predictor.http.openapi`).
 
 Every answer is JSON except /metrics, the page and a drawn detection.
 Anything that is not a good request gets a 4xx with ``{"error": "..."}``
@@ -31,10 +32,12 @@ from aiohttp.typedefs import Middleware
 from predictor.config import Settings
 from predictor.http.errors import Handler, error_middleware
 from predictor.http.guard import MODEL_KEY, RequestGuard, route_name
+from predictor.http.openapi import OPENAPI_PATH, openapi_description
 from predictor.http.ops import OpsRoutes
 from predictor.http.page import PageRoutes
 from predictor.http.predict import PredictRoute
 from predictor.http.v2 import V2Routes
+from predictor.runtime.memory import TRIM_INTERVAL_S, release_free_memory
 from predictor.runtime.threads import preprocess_pool
 from predictor.service.metrics import Metrics
 from predictor.service.registry import ModelRegistry
@@ -43,6 +46,7 @@ from predictor.service.service import DetectionService, Replica, ServiceSettings
 # The models the application serves; the runner reads it to report at shutdown.
 REGISTRY_KEY = web.AppKey("registry", ModelRegistry)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+TRIM_KEY = web.AppKey("trim", asyncio.Task[None])
 
 
 def create_app(
@@ -79,7 +83,9 @@ def create_app(
             for name, replicas in models.items()
         ]
     )
-    guard = RequestGuard(settings.api_key, settings.max_body_bytes, metrics)
+    guard = RequestGuard(
+        settings.api_key, settings.max_body_bytes, metrics, settings.body_timeout_s
+    )
     detection_routes = {settings.entry_point}
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -94,12 +100,26 @@ def create_app(
         registry, guard, settings.probability_threshold, settings.max_image_pixels, pool
     ).add_to(app.router, settings.entry_point)
     OpsRoutes(registry, metrics, guard, settings.metrics_require_key).add_to(app.router)
-    PageRoutes(settings, registry).add_to(app.router)
+    page = PageRoutes(settings, registry)
+    page.add_to(app.router)
     v2 = V2Routes(registry, guard, settings.probability_threshold, settings.queue_max)
     detection_routes.update(v2.add_to(app.router))
+    description = openapi_description(
+        settings.entry_point,
+        [service.name for service in registry],
+        page.static_names,
+        api_key_set=settings.api_key is not None,
+        metrics_require_key=settings.metrics_require_key,
+    )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(description)
+
+    app.router.add_get(OPENAPI_PATH, openapi)
 
     async def start(app: web.Application) -> None:
         registry.start()
+        app[TRIM_KEY] = asyncio.create_task(_trim_periodically())
 
     async def stop(app: web.Application) -> None:
         # aiohttp has closed the listening socket by now; admitted images finish
@@ -107,12 +127,20 @@ def create_app(
         await registry.stop()
 
     async def stop_pool(app: web.Application) -> None:
+        app[TRIM_KEY].cancel()
         _shutdown(pool)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.on_cleanup.append(stop_pool)
     return app
+
+
+async def _trim_periodically() -> None:
+    """Give the allocator's free pages back every few seconds (predictor/runtime/memory.py)."""
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL_S)
+        await asyncio.to_thread(release_free_memory)
 
 
 def _shutdown(pool: ThreadPoolExecutor) -> None:

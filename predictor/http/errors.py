@@ -23,6 +23,7 @@ from predictor.errors import (
     InvalidInput,
     ModelNotFound,
     PredictorError,
+    RequestTimeout,
     Unavailable,
 )
 
@@ -34,6 +35,7 @@ RETRY_AFTER_S = 1
 # Most specific first: the first class in an error's MRO that is listed decides.
 STATUS_BY_ERROR: dict[type[PredictorError], int] = {
     ImageTooLarge: 413,
+    RequestTimeout: 408,
     InvalidInput: 400,
     ModelNotFound: 404,
     Unavailable: 503,
@@ -59,10 +61,17 @@ def status_of(error: PredictorError) -> int:
 
 
 def error_response(error: PredictorError) -> web.Response:
-    """The JSON answer to a domain error, with ``Retry-After`` on a 503."""
+    """The JSON answer to a domain error, with ``Retry-After`` on a 503.
+
+    After a 408 the connection is closed: the rest of a body that stopped
+    arriving is not waited for.
+    """
     status = status_of(error)
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return json_error(status, str(error), headers=headers)
+    response = json_error(status, str(error), headers=headers)
+    if status == 408:
+        response.force_close()
+    return response
 
 
 def too_large(limit: int) -> web.Response:

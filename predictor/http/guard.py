@@ -7,10 +7,12 @@ server a few hundred bytes.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from aiohttp import web
 
+from predictor.errors import RequestTimeout
 from predictor.http.errors import json_error, too_large
 from predictor.http.timing import SERVER_TIMING, server_timing_header
 from predictor.service.metrics import Metrics
@@ -33,10 +35,33 @@ def route_name(request: web.Request) -> str:
 class RequestGuard:
     """The API key and body limit of detection requests."""
 
-    def __init__(self, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        max_body_bytes: int,
+        metrics: Metrics,
+        body_timeout_s: float = 60.0,
+    ) -> None:
         self._api_key = api_key
         self.max_body_bytes = max_body_bytes
         self._metrics = metrics
+        self.body_timeout_s = body_timeout_s
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The whole body, which must arrive within ``BODY_TIMEOUT_S``; `RequestTimeout` if not.
+
+        aiohttp waits for a body without limit; a client that stops sending
+        (or trickles a byte now and then) would hold its connection and
+        handler for ever. The deadline counts from the end of the headers;
+        its 408 closes the connection.
+        """
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {self.body_timeout_s:g} s (BODY_TIMEOUT_S)"
+            ) from None
 
     def authorized(self, request: web.Request) -> bool:
         """True when no API key is set, or the request carries it as a Bearer token.

@@ -103,6 +103,11 @@ class PageRoutes:
         # reachable, whatever the path says.
         self._files = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
 
+    @property
+    def static_names(self) -> list[str]:
+        """The files ``/static/NAME`` serves."""
+        return sorted(name for name in self._files if name != INDEX_FILE.name)
+
     def add_to(self, router: web.UrlDispatcher) -> None:
         """Register ``/``, ``/info`` and ``/static/{name}``."""
         router.add_get("/", self.index)

@@ -35,6 +35,7 @@ from predictor.service.registry import ModelRegistry
 from predictor.service.service import StepTimes
 
 INVALID_CONTENT = "Invalid content"
+QUERY_PARAMETERS = frozenset({"threshold", "render", "model"})
 
 
 class PredictRoute:
@@ -67,6 +68,13 @@ class PredictRoute:
             return refusal
         if request.content_type.lower() != "image/jpeg":
             return json_error(400, INVALID_CONTENT)
+        unknown = sorted(set(request.query) - QUERY_PARAMETERS)
+        if unknown:
+            # A misspelt parameter (?treshold=) must not be silently ignored.
+            raise InvalidInput(
+                f"unknown query parameter {unknown[0]!r}; the parameters are "
+                + ", ".join(sorted(QUERY_PARAMETERS))
+            )
         service = self._registry.get(request.query.get("model"))
         request[MODEL_KEY] = service.name
         threshold = self._threshold
@@ -79,7 +87,7 @@ class PredictRoute:
             as_image = wants_image(request.query.get("render"), request.headers.get("Accept"))
         except ValueError as exc:
             raise InvalidInput(f"render: {exc}") from None
-        body = await request.read()
+        body = await self._guard.read_body(request)
         if not body:
             raise InvalidInput("the body is empty; send the JPEG bytes")
         timing.step("read")

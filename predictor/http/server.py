@@ -6,6 +6,10 @@ admitted image finish for up to ``SHUTDOWN_GRACE_S``, answers whatever still
 waits after that with 503, and exits 0. A second signal exits at once
 (code 1), for an operator who does not want to wait.
 
+Connections go through `predictor.http.connections` (the header deadline
+``HEADER_TIMEOUT_S`` and the cap ``MAX_CONNECTIONS``); an idle keep-alive
+connection is closed after ``KEEPALIVE_TIMEOUT_S``.
+
 Handlers are cancelled when their client disconnects (aiohttp's
 ``handler_cancellation``), which is how an abandoned request leaves its batch
 before the forward pass.
@@ -23,6 +27,7 @@ from aiohttp import web
 
 from predictor.config import Settings
 from predictor.http.app import REGISTRY_KEY, create_app
+from predictor.http.connections import LimitedTCPSite
 from predictor.service.service import Replica
 
 log = logging.getLogger(__name__)
@@ -52,9 +57,17 @@ async def serve(settings: Settings, models: Mapping[str, Sequence[Replica]]) -> 
         handler_cancellation=True,
         shutdown_timeout=ANSWER_FLUSH_S,
         lingering_time=LINGER_S,
+        keepalive_timeout=settings.keepalive_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    site = LimitedTCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+        backlog=1024,
+    )
     await site.start()
     for address in runner.addresses:
         host, port = address[0], address[1]

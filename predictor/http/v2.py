@@ -170,7 +170,7 @@ class V2Routes:
 
         The optional body ``{"ready": true}`` lists only models that are ready.
         """
-        body = await request.read()
+        body = await self._guard.read_body(request)
         only_ready = False
         if body.strip():
             query = load_json_object(body, "the request")
@@ -209,7 +209,12 @@ class V2Routes:
             return refusal
         service = self._model(request)
         request[MODEL_KEY] = service.name
-        body = await request.read()
+        if request.query:
+            raise V2RequestError(
+                f"unknown query parameter {sorted(request.query)[0]!r}: v2 inference takes "
+                "its parameters in the request's 'parameters'"
+            )
+        body = await self._guard.read_body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > PARSE_INLINE_MAX_BYTES and header_length is None:
             # A large JSON request's base64 is decoded off the event loop.

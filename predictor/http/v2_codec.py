@@ -54,6 +54,25 @@ BASE64 = "base64"
 # thread, so that a 20 MB request does not hold up the event loop.
 PARSE_INLINE_MAX_BYTES = 256 * 1024
 _LENGTH = struct.Struct("<I")
+_MAX_LENGTH_DIGITS = 19
+# How much of a client's value an error message repeats.
+_SHOWN_CHARS = 60
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message: short, ASCII, and safe on any JSON value.
+
+    A name of a megabyte or a list nested 900 deep must not become the
+    message (or blow the stack in ``repr``); lone surrogates are escaped, so
+    the message can always be sent as UTF-8 JSON.
+    """
+    try:
+        text = ascii(value)
+    except RecursionError:
+        text = f"<a {type(value).__name__} nested too deeply>"
+    if len(text) > _SHOWN_CHARS:
+        text = text[: _SHOWN_CHARS - 3] + "..."
+    return text
 
 
 @dataclass(frozen=True)
@@ -139,9 +158,15 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     raw = header_length.strip()
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= len(body):
+    # At most 19 digits: int() of thousands of digits raises (Python's 4300-digit
+    # limit) or costs quadratic time, and no body is that long anyway.
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or len(raw) > _MAX_LENGTH_DIGITS
+        or not 0 < int(raw) <= len(body)
+    ):
         raise V2RequestError(
-            f"{HEADER_LENGTH}: {header_length!r} is not a length between 1 and the body's "
+            f"{HEADER_LENGTH}: {_shown(header_length)} is not a length between 1 and the body's "
             f"{len(body)} bytes"
         )
     length = int(raw)
@@ -222,7 +247,7 @@ def _images(
     for name in names:
         if name != INPUT_NAME:
             raise V2RequestError(
-                f"unknown input {name!r}: this model takes one input, '{INPUT_NAME}' "
+                f"unknown input {_shown(name)}: this model takes one input, '{INPUT_NAME}' "
                 "(BYTES, shape [N]: N encoded JPEG images)"
             )
     if len(names) > 1:
@@ -232,7 +257,7 @@ def _images(
     datatype = tensor.get("datatype")
     if datatype != INPUT.datatype:
         raise V2RequestError(
-            f"{where}: datatype {datatype!r}; expected 'BYTES' (encoded JPEG images)"
+            f"{where}: datatype {_shown(datatype)}; expected 'BYTES' (encoded JPEG images)"
         )
     count = _image_count(tensor.get("shape"), max_images, where)
     parameters = _parameters(tensor, where)
@@ -259,7 +284,7 @@ def _images(
     content_type = parameters.get("content_type", BASE64)
     if content_type != BASE64:
         raise V2RequestError(
-            f"{where}: content_type {content_type!r}; in JSON the images are base64 "
+            f"{where}: content_type {_shown(content_type)}; in JSON the images are base64 "
             f"strings (content_type '{BASE64}')"
         )
     return _json_elements(tensor["data"], count, where)
@@ -275,7 +300,9 @@ def _image_count(shape: Any, max_images: int, where: str) -> int:
         and shape[1:] in ([], [1])
     )
     if not valid:
-        raise V2RequestError(f"{where}: shape {shape!r}; expected [N] or [N, 1], N >= 1 images")
+        raise V2RequestError(
+            f"{where}: shape {_shown(shape)}; expected [N] or [N, 1], N >= 1 images"
+        )
     count: int = shape[0]
     if count > max_images:
         raise V2RequestError(
@@ -405,11 +432,11 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> tuple[RequestedOut
         name = output.get("name")
         if name not in _OUTPUT_NAMES:
             raise V2RequestError(
-                f"unknown output {name!r}: the outputs are " + ", ".join(_OUTPUT_NAMES)
+                f"unknown output {_shown(name)}: the outputs are " + ", ".join(_OUTPUT_NAMES)
             )
         if any(r.name == name for r in requested):
-            raise V2RequestError(f"output {name!r} is asked for twice")
-        parameters = _parameters(output, f"output {name!r}")
+            raise V2RequestError(f"output {_shown(name)} is asked for twice")
+        parameters = _parameters(output, f"output {_shown(name)}")
         if "classification" in parameters:
             raise V2RequestError("the classification extension is not supported")
         if "shared_memory_region" in parameters:

@@ -1,0 +1,112 @@
+"""The C allocator of a server that runs for weeks: fixed mmap threshold, periodic trim (glibc).
+
+What the soak measured (BENCHMARKS.md, "Soak"; per request path with
+``python -m bench.memory_paths``): the Python heap that tracemalloc sees stays
+flat under every kind of request, yet the RSS crept up a few hundred KiB per
+1,000 requests, in steps of megabytes. That is glibc's malloc, not a leak:
+
+- every request allocates buffers of a few hundred KiB to tens of MiB (the
+  body, the decoded photo, the resized tensor, a drawn answer), on several
+  threads (the event loop, the decoding pool, MXNet's engine and OpenMP team);
+- glibc serves large blocks with mmap, returned to the system when freed,
+  but its *dynamic* threshold rises to the largest block freed so far (up to
+  32 MiB), after which photo-sized buffers come from the per-thread heaps
+  ("arenas") instead; there, freed memory is kept for reuse and a heap only
+  shrinks from its top, so the holes between long-lived blocks stay
+  resident, and each new arena adds its own high-water mark.
+
+Python adds its own delay: objects in reference cycles are freed only by a
+full collection, which comes rarely when millions of long-lived objects
+(MXNet, the models) are tracked. The remedies make the RSS follow the live
+data:
+
+- `tune_allocator` (at start, before the models load) fixes the mmap
+  threshold at `MMAP_THRESHOLD_BYTES`, which also stops its drift: buffers of
+  that size and more are mmapped and go back to the system as soon as they
+  are freed;
+- `settle_heap` (once the models are warm) freezes the start-up heap, so
+  that later collections look only at what requests allocate;
+- `release_free_memory`, which the server calls every `TRIM_INTERVAL_S` on a
+  worker thread, collects cyclic garbage and then returns the free pages
+  inside the arenas (``malloc_trim(0)``: glibc >= 2.8 trims the whole heap,
+  not only its top).
+
+Elsewhere (musl, macOS) the C library has neither mallopt nor malloc_trim,
+and the allocator keeps its defaults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+from functools import cache
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+# Blocks of this size and more are mmapped: every photo-sized buffer, and
+# few enough that the system calls do not show (a few per request).
+MMAP_THRESHOLD_BYTES = 256 * 1024
+# How often the server gives the arenas' free pages back to the system.
+TRIM_INTERVAL_S = 10.0
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, when it is glibc (it has mallopt and malloc_trim); else None."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc
+
+
+def tune_allocator() -> bool:
+    """Fix glibc's mmap threshold (see the module's docstring); False where it is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        log.info("not glibc: the allocator keeps its defaults")
+        return False
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
+        log.warning("mallopt(M_MMAP_THRESHOLD) failed: the allocator keeps its defaults")
+        return False
+    return True
+
+
+def settle_heap() -> None:
+    """Once the models are loaded and warmed: collect, then freeze what is alive.
+
+    Python frees objects in reference cycles (a request's exception and its
+    traceback, futures and their callbacks) only when its cyclic collector
+    runs, and it runs a full collection only once the objects that survived
+    earlier ones have grown by a quarter. The models, MXNet and the libraries
+    are millions of such objects, so garbage could pile up for a long time
+    before that. `gc.freeze` moves everything alive now out of the
+    collector's sight: the quarter is then counted over what the server
+    allocated since, and every collection skips the frozen millions.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def release_free_memory() -> bool:
+    """Collect cyclic garbage, then give free heap pages back (``malloc_trim(0)``).
+
+    True when the C heap gave pages back. Cheap after `settle_heap` (the
+    collection sees only what was allocated since).
+    """
+    gc.collect()
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

@@ -258,10 +258,15 @@ def recipes() -> dict[tuple[str, str, int], Recipe]:
         "/v2/models/{name}/versions/{version}": "/v2/models/digits/versions/1",
         "/v2/models/{name}/ready": "/v2/models/digits/ready",
         "/v2/models/{name}/versions/{version}/ready": "/v2/models/other/versions/1/ready",
+        "/v2/models/{name}/config": "/v2/models/digits/config",
+        "/v2/models/{name}/versions/{version}/config": "/v2/models/other/versions/1/config",
+        "/v2/models/{name}/stats": "/v2/models/other/stats",
+        "/v2/models/{name}/versions/{version}/stats": "/v2/models/digits/versions/1/stats",
+        "/v2/models/stats": "/v2/models/stats",
     }
     for template, path in get.items():
         table[(template, "get", 200)] = partial(call_as, "GET", path, None, {})
-        if template.startswith("/v2/models/"):
+        if template.startswith("/v2/models/{name}"):
             missing = path.replace("digits", "nope").replace("other", "nope")
             table[(template, "get", 404)] = partial(call_as, "GET", missing, None, {})
     table[("/static/{name}", "get", 404)] = partial(call_as, "GET", "/static/secret.txt", None, {})
@@ -303,6 +308,9 @@ def test_every_route_the_server_answers_is_documented(
         "/v2/models/{name}/versions/{version}", "/v2/models/{name}/versions/{version}/ready",
         "/v2/models/{name}/versions/{version}/infer", "/v2/repository/index",
         "/v2/repository/models/{name}/{action}",
+        "/v2/models/{name}/config", "/v2/models/{name}/versions/{version}/config",
+        "/v2/models/{name}/stats", "/v2/models/{name}/versions/{version}/stats",
+        "/v2/models/stats",
     }  # fmt: skip
     assert paths == served
     model = next(p for p in description["paths"]["/predict"]["post"]["parameters"])

@@ -84,11 +84,76 @@ def _schemas() -> dict[str, Any]:
         "required": ["name", "datatype", "shape"],
         "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": shape},
     }
+    duration = {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "ns": {"type": "integer", "minimum": 0},
+        },
+    }
+    config_tensor = {
+        "type": "object",
+        "required": ["name", "data_type", "dims"],
+        "properties": {
+            "name": {"type": "string"},
+            "data_type": {"type": "string"},
+            "dims": shape,
+        },
+    }
     return {
         "Error": {
             "type": "object",
             "required": ["error"],
             "properties": {"error": {"type": "string"}},
+        },
+        # Triton's model configuration (model_config.proto) as its HTTP API answers it.
+        "model_config": {
+            "type": "object",
+            "required": ["name", "platform", "max_batch_size", "input", "output"],
+            "properties": {
+                "name": {"type": "string"},
+                "platform": {"type": "string"},
+                "backend": {"type": "string"},
+                "max_batch_size": {"type": "integer", "minimum": 0},
+                "input": {"type": "array", "items": config_tensor},
+                "output": {"type": "array", "items": config_tensor},
+                "instance_group": {"type": "array", "items": {"type": "object"}},
+                "dynamic_batching": {"type": "object"},
+                "parameters": {"type": "object"},
+            },
+        },
+        # Triton's statistics extension: {"model_stats": [...]}.
+        "model_statistics": {
+            "type": "object",
+            "required": ["model_stats"],
+            "properties": {
+                "model_stats": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "name",
+                            "version",
+                            "inference_count",
+                            "execution_count",
+                            "inference_stats",
+                        ],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "version": {"type": "string"},
+                            "last_inference": {"type": "integer", "minimum": 0},
+                            "inference_count": {"type": "integer", "minimum": 0},
+                            "execution_count": {"type": "integer", "minimum": 0},
+                            "inference_stats": {
+                                "type": "object",
+                                "additionalProperties": duration,
+                            },
+                            "batch_stats": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                }
+            },
         },
         "Detection": {
             "type": "object",
@@ -594,6 +659,46 @@ def openapi_description(
         if security:
             infer["security"] = security
         paths[prefix + "/infer"] = {"post": infer}
+        paths[prefix + "/config"] = {
+            "get": {
+                "summary": "Triton's model configuration (model_configuration extension)",
+                "operationId": "v2ModelConfig" + suffix,
+                "parameters": params,
+                "responses": {
+                    "200": _json(
+                        "the model as a Triton config.pbtxt, in JSON",
+                        {"$ref": "#/components/schemas/model_config"},
+                    ),
+                    "404": not_found,
+                },
+            }
+        }
+        paths[prefix + "/stats"] = {
+            "get": {
+                "summary": "Triton's inference statistics of the model (statistics extension)",
+                "operationId": "v2ModelStats" + suffix,
+                "parameters": params,
+                "responses": {
+                    "200": _json(
+                        "cumulative counts and nanoseconds",
+                        {"$ref": "#/components/schemas/model_statistics"},
+                    ),
+                    "404": not_found,
+                },
+            }
+        }
+    paths["/v2/models/stats"] = {
+        "get": {
+            "summary": "Triton's inference statistics of every model",
+            "operationId": "v2AllModelStats",
+            "responses": {
+                "200": _json(
+                    "cumulative counts and nanoseconds, per model",
+                    {"$ref": "#/components/schemas/model_statistics"},
+                )
+            },
+        }
+    }
     # The entry point may be "/", where GET is the page.
     paths.setdefault(entry_point, {})["post"] = predict
     components: dict[str, Any] = {"schemas": _schemas()}

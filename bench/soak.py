@@ -61,6 +61,7 @@ from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from predictor.data.synth import SceneConfig, render_scene
 from tests.support.jpegs import extended_jpeg_12bit, lossless_jpeg, with_exif_orientation
 from tests.support.server_process import ServerProcess
+from tests.support.v2 import v2_binary_request
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
@@ -255,31 +256,8 @@ V2_INFER = f"/v2/models/{Path(SHIPPED_MODEL_PREFIX).name}/infer"
 
 def v2_binary_case(image: bytes) -> Case:
     """A v2 request with the binary tensor data extension, binary outputs asked for."""
-    element = len(image).to_bytes(4, "little") + image
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": len(element)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    return Case(
-        "v2 binary",
-        "",
-        header + element,
-        200,
-        path=V2_INFER,
-        headers=(
-            ("Content-Type", "application/octet-stream"),
-            ("Inference-Header-Content-Length", str(len(header))),
-        ),
-    )
+    body, headers = v2_binary_request(image)
+    return Case("v2 binary", "", body, 200, path=V2_INFER, headers=tuple(headers.items()))
 
 
 def v2_json_case(image: bytes) -> Case:

@@ -38,6 +38,7 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support.server_process import ServerProcess
+from tests.support.v2 import v2_binary_request
 
 from .conftest import encode_jpeg, scene
 
@@ -146,25 +147,7 @@ def v2_json(images: int = 1) -> bytes:
 
 
 def v2_binary() -> tuple[bytes, dict[str, str]]:
-    image = jpeg()
-    element = len(image).to_bytes(4, "little") + image
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": len(element)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    return header + element, {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
+    return v2_binary_request(jpeg())
 
 
 def stalled_body(path: str) -> bytes:

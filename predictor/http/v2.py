@@ -44,9 +44,9 @@ from predictor.http.v2_codec import (
     ServingConfig,
     V2RequestError,
     encode_infer_response,
-    load_json_object,
     model_config,
     model_metadata,
+    parse_index_request,
     parse_infer_request,
     server_metadata,
 )
@@ -170,14 +170,7 @@ class V2Routes:
 
         The optional body ``{"ready": true}`` lists only models that are ready.
         """
-        body = await self._guard.read_body(request)
-        only_ready = False
-        if body.strip():
-            query = load_json_object(body, "the request")
-            ready = query.get("ready", False)
-            if not isinstance(ready, bool):
-                raise V2RequestError("parameter ready must be true or false")
-            only_ready = ready
+        only_ready = parse_index_request(await self._guard.read_body(request))
         entries: list[dict[str, Any]] = []
         for service in self._registry:
             reason = service.not_ready_reason()

@@ -197,9 +197,11 @@ def strict_dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def load_json_object(body: bytes, where: str) -> dict[str, Any]:
-    """``body`` parsed as a JSON object; `V2RequestError` saying what is wrong otherwise."""
-    return _object(_load_json(body), where)
+def parse_index_request(body: bytes) -> bool:
+    """``POST /v2/repository/index``'s optional body: whether only ready models are asked for."""
+    if not body.strip():
+        return False
+    return _bool(_object(_load_json(body), "the request").get("ready", False), "ready")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

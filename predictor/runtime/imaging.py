@@ -34,6 +34,7 @@ What is decoded, and how:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,8 +443,12 @@ def _mxnet_cubic(image: ImageBGR, width: int, height: int) -> ImageBGR:
     return np.ascontiguousarray(resized.asnumpy(), dtype=np.uint8)
 
 
+@functools.cache
 def _normalisation(p: Preprocessing) -> tuple[Tensor, Tensor]:
-    """Per input channel: the mean and 1/std on the 0..255 scale of the decoded pixels."""
+    """Per input channel: the mean and 1/std on the 0..255 scale of the decoded pixels.
+
+    Cached: a server has a few declarations, and every image of one needs the same constants.
+    """
     # A pixel p (0..255) is first p / k on the declared scale, then (p / k - m) / s,
     # which is (p - m * k) / (s * k).
     k = 255.0 / p.pixel_scale

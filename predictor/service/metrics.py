@@ -112,7 +112,6 @@ class ModelMetrics:
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.model = model
         self._metrics = metrics
-        self.request_latency = metrics.request_latency.labels(model=model)
         self.batch_size = metrics.batch_size.labels(model=model)
         self.inference_latency = metrics.inference_latency.labels(model=model)
         self.queue_depth = metrics.queue_depth.labels(model=model)

@@ -12,7 +12,7 @@ OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
 
-.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model clean
+.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model model-data model-resume model-evaluation fonts training-assets clean
 
 setup: $(STAMP)
 
@@ -62,7 +62,7 @@ browser:
 		fi; \
 	fi
 
-unit: setup browser
+unit: setup browser fonts
 	$(BIN)/pytest
 
 # ---- Docker images (issue 14) -------------------------------------------
@@ -127,17 +127,59 @@ soak: setup
 # export to models/, and the held-out evaluation (seed 3). About two hours on
 # 2 CPU cores. Intermediate files go to build/.
 DATASETS := build/datasets
-model: setup
-	rm -rf $(DATASETS) build/runs/shipped
-	$(BIN)/predictor data synth --out $(DATASETS)/train --images 8000 --seed 1 --format voc
-	$(BIN)/predictor data synth --out $(DATASETS)/val --images 500 --seed 2 --format voc
-	$(BIN)/predictor data synth --out $(DATASETS)/test --images 500 --seed 3 --format voc
-	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out build/runs/shipped \
-		--network ssd_300_compact_custom --pretrain-epochs 3 --epochs 9 --batch-size 16 --lr 0.001 \
-		--seed 0 \
-		--export $(SHIPPED_MODEL)
+# The digits-and-shapes model (models/README.md). Fonts and wallpapers come from
+# Debian packages (training-assets); the run folder keeps state.json after every
+# epoch, so an interrupted run goes on with `make model-resume`.
+FONT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
+	fonts-noto-core fonts-croscore
+TRAINING_PACKAGES := $(FONT_PACKAGES) plasma-workspace-wallpapers mate-backgrounds gnome-backgrounds
+PHOTOS := build/photos
+TRAIN_RUN := build/runs/shipped
+TRAIN_ARGS := --network ssd_300_compact_custom --pretrain-epochs 3 --epochs 9 --batch-size 16 \
+	--lr 0.001 --seed 0 --export $(SHIPPED_MODEL)
+
+# apt-get install the Debian packages in $(1) that are not installed yet.
+define apt_install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages (apt-get):" $$missing; \
+		{ $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; } </dev/null; \
+	fi
+endef
+
+# The scene generator's typefaces (predictor/data/fonts.py); the tests draw with them.
+fonts:
+	$(call apt_install_missing,$(FONT_PACKAGES))
+
+# Fonts, and the wallpapers that are the scenes' photo backgrounds (predictor/data/photos.py).
+training-assets:
+	$(call apt_install_missing,$(TRAINING_PACKAGES))
+
+model-data: setup training-assets
+	rm -rf $(DATASETS) $(PHOTOS)
+	$(BIN)/predictor data photos --out $(PHOTOS)
+	$(BIN)/predictor data synth --out $(DATASETS)/train --images 8000 --seed 1 --styles train --photos $(PHOTOS)/train
+	$(BIN)/predictor data synth --out $(DATASETS)/val --images 500 --seed 2 --styles train --photos $(PHOTOS)/train
+	$(BIN)/predictor data synth --out $(DATASETS)/test --images 500 --seed 3 --styles train --photos $(PHOTOS)/train
+	$(BIN)/predictor data synth --out $(DATASETS)/withheld --images 500 --seed 4 --styles withheld --photos $(PHOTOS)/withheld
+
+model: model-data
+	rm -rf $(TRAIN_RUN)
+	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out $(TRAIN_RUN) $(TRAIN_ARGS)
+	$(MAKE) model-evaluation
+
+model-resume: setup
+	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out $(TRAIN_RUN) $(TRAIN_ARGS) --resume
+	$(MAKE) model-evaluation
+
+# In-distribution (test), withheld styles, and photos with nothing to find.
+model-evaluation: setup
 	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --data $(DATASETS)/test --edge 300 \
 		--json models/ssd300_digits_shapes-evaluation.json
+	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --data $(DATASETS)/withheld --edge 300 \
+		--json models/ssd300_digits_shapes-evaluation-withheld.json
+	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --negatives $(PHOTOS)/negatives --edge 300 \
+		--json models/ssd300_digits_shapes-evaluation-negatives.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

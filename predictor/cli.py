@@ -170,10 +170,25 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="VOC mAP@0.5 per class and COCO mAP@[.5:.95] of a checkpoint"
+        "evaluate",
+        help="VOC mAP@0.5 per class and COCO mAP@[.5:.95] of a checkpoint, or its false "
+        "detections in photos with nothing to find",
     )
     evaluate.add_argument("--model", required=True, type=Path, metavar="PREFIX")
-    evaluate.add_argument("--data", required=True, type=Path, metavar="DIR")
+    what = evaluate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", type=Path, metavar="DIR", help="labelled dataset: mAP")
+    what.add_argument(
+        "--negatives",
+        type=Path,
+        metavar="DIR",
+        help="folder of photos with no object of the model's classes: false detections",
+    )
+    evaluate.add_argument(
+        "--threshold",
+        type=_probability_arg,
+        default=0.5,
+        help="with --negatives: count detections above this (default: %(default)s)",
+    )
     evaluate.add_argument("--epoch", type=int, default=0)
     evaluate.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report")
@@ -361,11 +376,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from predictor.training.evaluate import evaluate_checkpoint
+    from predictor.training.detection_metrics import EvaluationReport
+    from predictor.training.evaluate import (
+        NegativesReport,
+        evaluate_checkpoint,
+        evaluate_negatives,
+    )
 
     _configure_logging("WARNING")
+    report: EvaluationReport | NegativesReport
     try:
-        report = evaluate_checkpoint(args.model, args.data, edge=args.edge, epoch=args.epoch)
+        if args.negatives is not None:
+            report = evaluate_negatives(
+                args.model, args.negatives, edge=args.edge, epoch=args.epoch,
+                threshold=args.threshold,
+            )  # fmt: skip
+        else:
+            report = evaluate_checkpoint(args.model, args.data, edge=args.edge, epoch=args.epoch)
     except ValueError as exc:
         if isinstance(exc, PredictorError):
             raise

@@ -16,20 +16,27 @@ import pytest
 
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from predictor.data import synthesize
+from predictor.data.photos import write_negatives
+from predictor.data.styles import style_set
 from predictor.detections import Detection
 from predictor.runtime.render import draw_detections
-from predictor.training.evaluate import evaluate_checkpoint
+from predictor.training.evaluate import evaluate_checkpoint, evaluate_negatives
 from tests.support.server_process import ServerProcess
 
 from .conftest import REPO_ROOT, known_objects
 from .convert.photos import load_photo, photo_annotations
 
 SHIPPED = REPO_ROOT / SHIPPED_MODEL_PREFIX
-# Held-out scenes: a seed the model was never trained or validated on.
+# Held-out scenes: a seed the model was never trained or validated on, in the training
+# styles; and scenes in the styles training never saw (models/README.md). Both here on
+# procedural backgrounds only: the wallpapers are not installed for the tests.
 HELD_OUT_SEED = 3
+WITHHELD_SEED = 4
 HELD_OUT_IMAGES = 150
 MAP50_FLOOR = 0.90
 CLASS_AP50_FLOOR = 0.80
+WITHHELD_MAP50_FLOOR = 0.80
+WITHHELD_CLASS_AP50_FLOOR = 0.60
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -109,14 +116,40 @@ def test_original_service_test_on_real_photos_with_the_coco_model(
     assert len(right - {"chelsea"}) >= 3, passed
 
 
+@pytest.mark.parametrize(
+    ("styles", "seed", "floor", "class_floor"),
+    [
+        ("train", HELD_OUT_SEED, MAP50_FLOOR, CLASS_AP50_FLOOR),
+        ("withheld", WITHHELD_SEED, WITHHELD_MAP50_FLOOR, WITHHELD_CLASS_AP50_FLOOR),
+    ],
+)
 def test_shipped_model_meets_the_map_floor_on_held_out_scenes(
-    tmp_path_factory: pytest.TempPathFactory, artifacts: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    artifacts: Path,
+    styles: str,
+    seed: int,
+    floor: float,
+    class_floor: float,
 ) -> None:
-    held_out = tmp_path_factory.mktemp("held_out") / "scenes"
-    synthesize(held_out, HELD_OUT_IMAGES, seed=HELD_OUT_SEED, fmt="voc", progress=False)
+    held_out = tmp_path_factory.mktemp(f"held_out_{styles}") / "scenes"
+    synthesize(
+        held_out, HELD_OUT_IMAGES, seed=seed, fmt="voc", styles=style_set(styles), progress=False
+    )
     report = evaluate_checkpoint(SHIPPED, held_out, edge=SHIPPED_MODEL_EDGE, progress=False)
-    (artifacts / "shipped_model_map.txt").write_text(report.format_table() + "\n")
-    assert report.map50 >= MAP50_FLOOR, report.format_table()
-    weak = [c.name for c in report.classes if c.ap50 is not None and c.ap50 < CLASS_AP50_FLOOR]
+    (artifacts / f"shipped_model_map_{styles}.txt").write_text(report.format_table() + "\n")
+    assert report.map50 >= floor, report.format_table()
+    weak = [c.name for c in report.classes if c.ap50 is not None and c.ap50 < class_floor]
     assert not weak, report.format_table()
     assert np.isfinite(report.map50_95)
+
+
+def test_shipped_model_sees_nothing_in_photos_without_digits_or_shapes(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    """scikit-image's and matplotlib's photos (never trained on): no detection above 0.5."""
+    photos = write_negatives(tmp_path / "negatives")
+    assert len(photos) >= 8
+    report = evaluate_negatives(SHIPPED, tmp_path / "negatives", edge=SHIPPED_MODEL_EDGE)
+    (artifacts / "shipped_model_negatives.txt").write_text(report.format_table() + "\n")
+    assert report.threshold == 0.5
+    assert not report.detections, report.format_table()

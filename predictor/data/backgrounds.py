@@ -30,9 +30,9 @@ def render_background(rng: np.random.Generator, width: int, height: int) -> Imag
     else:
         image = _blotches(rng, width, height)
     if rng.random() < 0.4:
-        image = _add_grain(rng, image, amplitude=int(rng.integers(4, 25)))
+        image = add_grain(rng, image, amplitude=int(rng.integers(4, 25)))
     if rng.random() < 0.6:
-        _draw_clutter(rng, image, count=int(rng.integers(1, 8)))
+        draw_clutter(rng, image, count=int(rng.integers(1, 8)))
     return image
 
 
@@ -101,7 +101,7 @@ def _blotches(rng: np.random.Generator, width: int, height: int) -> Image:
     return np.asarray(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
-def _add_grain(rng: np.random.Generator, image: Image, amplitude: int) -> Image:
+def add_grain(rng: np.random.Generator, image: Image, amplitude: int) -> Image:
     """Grey per-pixel noise, uniform in about +-amplitude."""
     height, width = image.shape[:2]
     # rng.bytes is by far the cheapest source of this much randomness.
@@ -114,7 +114,7 @@ def _add_grain(rng: np.random.Generator, image: Image, amplitude: int) -> Image:
     return np.asarray(cv2.add(lowered, noise), dtype=np.uint8)
 
 
-def _draw_clutter(rng: np.random.Generator, image: Image, count: int) -> None:
+def draw_clutter(rng: np.random.Generator, image: Image, count: int) -> None:
     height, width = image.shape[:2]
     for _ in range(count):
         color = random_color(rng)

@@ -12,21 +12,25 @@ import sys
 from pathlib import Path
 
 from predictor.data.dataset import Dataset
-from predictor.data.errors import DatasetError
+from predictor.data.errors import DatasetError, MissingAssetError
 from predictor.data.formats import FORMATS, check_format, load_dataset, save_dataset
+from predictor.data.photos import PHOTO_PACKAGES, PhotoLibrary, prepare_photos, write_negatives
+from predictor.data.styles import STYLE_SET_NAMES, style_set
 from predictor.data.synth import SceneConfig, synthesize
 
 EXIT_BAD_INPUT = 2
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``data`` command, with ``synth`` and ``convert`` below it."""
+    """Add the ``data`` command, with ``synth``, ``photos`` and ``convert`` below it."""
     data = subparsers.add_parser(
         "data",
         help="synthesise or convert object-detection datasets",
         description="Synthesise or convert object-detection datasets (voc, coco, yolo).",
     )
-    commands = data.add_subparsers(dest="data_command", metavar="{synth,convert}", required=True)
+    commands = data.add_subparsers(
+        dest="data_command", metavar="{synth,photos,convert}", required=True
+    )
 
     synth = commands.add_parser(
         "synth",
@@ -42,9 +46,37 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     synth.add_argument("--format", choices=FORMATS, default="voc", help="annotation format")
     synth.add_argument("--min-side", type=int, default=256, help="smallest image side (px)")
     synth.add_argument("--max-side", type=int, default=640, help="largest image side (px)")
-    synth.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    synth.add_argument(
+        "--quality",
+        type=int,
+        help="JPEG quality for every image (default: 90 for classic, else drawn per image 30-95)",
+    )
+    synth.add_argument(
+        "--styles",
+        choices=STYLE_SET_NAMES,
+        default="classic",
+        help="style set (predictor/data/styles.py; default: %(default)s)",
+    )
+    synth.add_argument(
+        "--photos",
+        type=Path,
+        metavar="DIR",
+        help="folder of background photos (from `predictor data photos`: its train/ or withheld/)",
+    )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=run_synth)
+
+    photos = commands.add_parser(
+        "photos",
+        help="collect background photos and held-out negatives for synth",
+        description=(
+            "Copy Debian's wallpapers (" + ", ".join(PHOTO_PACKAGES) + "), downscaled, into "
+            "OUT/train and OUT/withheld, and scikit-image's and matplotlib's sample photos "
+            "(evaluation only) into OUT/negatives."
+        ),
+    )
+    photos.add_argument("--out", type=Path, required=True, help="output directory")
+    photos.set_defaults(func=run_photos)
 
     convert = commands.add_parser(
         "convert",
@@ -69,21 +101,39 @@ def run_synth(args: argparse.Namespace) -> int:
         config = SceneConfig(min_side=args.min_side, max_side=args.max_side)
     except ValueError as exc:
         return _fail(f"bad image size options: {exc}")
-    if not 1 <= args.quality <= 100:
+    if args.quality is not None and not 1 <= args.quality <= 100:
         return _fail("--quality must be between 1 and 100")
     try:
+        styles = style_set(args.styles)
+        photos = PhotoLibrary.load(args.photos) if args.photos else None
         dataset = synthesize(
             args.out,
             args.images,
             args.seed,
             check_format(args.format),
             config=config,
+            styles=styles,
+            photos=photos,
             quality=args.quality,
             progress=not args.no_progress,
         )
-    except (DatasetError, OSError) as exc:
+    except (DatasetError, MissingAssetError, OSError) as exc:
         return _fail(str(exc))
     return _report(dataset, args.format, args.out)
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    """Handler for ``predictor data photos``."""
+    try:
+        counts = prepare_photos(args.out)
+        negatives = write_negatives(args.out / "negatives")
+    except (MissingAssetError, OSError) as exc:
+        return _fail(str(exc))
+    print(
+        f"wrote {counts['train']} training and {counts['withheld']} withheld backgrounds, "
+        f"and {len(negatives)} held-out negative photos, to {args.out}"
+    )
+    return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:

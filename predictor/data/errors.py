@@ -36,3 +36,10 @@ class DatasetError(PredictorError):
                 location += f":{column}"
         message = f"{location}: {where}: {problem}" if where else f"{location}: {problem}"
         super().__init__(message)
+
+
+class MissingAssetError(PredictorError):
+    """A font family or photo folder the scene generator was asked to use is not there.
+
+    The message names what is missing and how to install it.
+    """

@@ -5,9 +5,15 @@ set of pixels the object will occupy in the scene and its tight box is the groun
 
 Styles
 ------
-digits: ``font`` (OpenCV Hershey fonts, assorted weights, slants, rotations) and
-``hand`` (jittered pen strokes from :mod:`predictor.data.strokes`, like a mouse drawing).
-shapes: ``filled``, ``outline`` (geometric) and ``hand`` (a jittered outline stroke).
+digits: ``font`` (OpenCV Hershey fonts, assorted weights, slants, rotations), ``type``
+(TrueType/OpenType families from :mod:`predictor.data.fonts`) and ``hand`` (jittered pen
+strokes from :mod:`predictor.data.strokes`, like a mouse drawing).
+shapes: ``filled``, ``outline`` (geometric, stroke 2-18 % of the size), ``hand`` (a
+jittered outline stroke), ``rounded`` (rounded corners, filled or outlined; circles seen
+at an angle) and ``twotone`` (filled in one colour, bordered in another).
+
+Which styles a set of scenes uses is a :class:`GlyphStyles`; the training and the
+withheld (generalisation) sets are defined in :mod:`predictor.data.styles`.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from predictor.data.classes import DIGITS, SHAPES
+from predictor.data.fonts import render_text
 from predictor.data.strokes import DIGIT_TEMPLATES, Stroke, hand_shape_template
 
 FONTS: dict[str, int] = {
@@ -37,16 +45,59 @@ _FONT_NAMES = tuple(FONTS)
 # Stroke width as a fraction of glyph height: hairline, regular, bold, black.
 _FONT_WEIGHTS = (0.03, 0.06, 0.09, 0.13)
 
-DIGIT_STYLES = ("font", "hand")
-SHAPE_STYLES = ("filled", "outline", "hand")
+DIGIT_STYLES = ("font", "type", "hand")
+SHAPE_STYLES = ("filled", "outline", "hand", "rounded", "twotone")
 # Digits stay near upright: a 6 turned half-way round is a 9.
 _MAX_DIGIT_ROTATION_DEG = 15.0
 # Polyline coordinates carry this many fractional bits, for sub-pixel placement.
 _SHIFT = 3
 _ONE = 1 << _SHIFT
+# Largest move of a corner under the mild perspective, as a fraction of the drawing's side.
+_PERSPECTIVE = 0.12
 
 Mask = NDArray[np.bool_]
 Canvas = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class GlyphStyles:
+    """Which drawing styles a set of scenes uses, and how often.
+
+    ``type`` digits and clutter letters are drawn in ``fonts`` (TrueType/OpenType files,
+    :mod:`predictor.data.fonts`); ``font`` digits in OpenCV's Hershey fonts.
+    """
+
+    digit_styles: tuple[str, ...] = ("font", "hand")
+    digit_weights: tuple[float, ...] = (0.5, 0.5)
+    shape_styles: tuple[str, ...] = ("filled", "outline", "hand")
+    shape_weights: tuple[float, ...] = (0.4, 0.35, 0.25)
+    fonts: tuple[Path, ...] = ()
+    perspective: float = 0.0
+    """Share of objects drawn under a mild perspective (as if photographed at an angle)."""
+
+    def __post_init__(self) -> None:
+        for styles, weights, known in (
+            (self.digit_styles, self.digit_weights, DIGIT_STYLES),
+            (self.shape_styles, self.shape_weights, SHAPE_STYLES),
+        ):
+            if unknown := set(styles) - set(known):
+                raise ValueError(f"unknown styles {sorted(unknown)}; known: {known}")
+            if len(styles) != len(weights) or not math.isclose(sum(weights), 1.0):
+                raise ValueError(f"styles {styles} need as many weights summing to 1")
+        if "type" in self.digit_styles and not self.fonts:
+            raise ValueError("the `type` digit style needs font files")
+
+    def pick_digit_style(self, rng: np.random.Generator) -> str:
+        """A digit style, drawn with the configured weights."""
+        return str(rng.choice(self.digit_styles, p=self.digit_weights))
+
+    def pick_shape_style(self, rng: np.random.Generator) -> str:
+        """A shape style, drawn with the configured weights."""
+        return str(rng.choice(self.shape_styles, p=self.shape_weights))
+
+
+CLASSIC_STYLES = GlyphStyles()
+"""Hershey and hand-drawn digits; filled, outlined and hand-drawn shapes; no font files."""
 
 
 @dataclass(frozen=True)
@@ -56,36 +107,58 @@ class Glyph:
     mask: Mask
     """Boolean, cropped so that its first and last rows and columns each hold a pixel."""
     style: str
+    inner: Mask | None = None
+    """For two-tone shapes: the part of ``mask`` painted in a second colour."""
 
 
 def render_glyph(
-    rng: np.random.Generator, label: str, size: int, style: str | None = None
+    rng: np.random.Generator,
+    label: str,
+    size: int,
+    style: str | None = None,
+    styles: GlyphStyles = CLASSIC_STYLES,
 ) -> Glyph:
     """Draw one object whose longer side is (close to) ``size`` pixels.
 
-    ``style`` picks a drawing style (see the module docstring); None picks one at random.
+    ``style`` picks a drawing style (see the module docstring); None picks one from
+    ``styles`` at random.
     """
     if size < 6:
         raise ValueError(f"object size must be at least 6 pixels, got {size}")
     if label in DIGITS:
-        chosen = style or DIGIT_STYLES[int(rng.integers(len(DIGIT_STYLES)))]
+        chosen = style or styles.pick_digit_style(rng)
         if chosen == "font":
             canvas = _font_digit(rng, label, size)
+        elif chosen == "type":
+            canvas = _type_text(rng, label, styles.fonts)
         elif chosen == "hand":
             canvas = _hand_digit(rng, label, size)
         else:
             raise ValueError(f"digit style must be one of {DIGIT_STYLES}, got {style!r}")
     elif label in SHAPES:
-        chosen = style or str(rng.choice(SHAPE_STYLES, p=[0.4, 0.35, 0.25]))
+        chosen = style or styles.pick_shape_style(rng)
         if chosen == "hand":
             canvas = _hand_shape(rng, label, size)
         elif chosen in ("filled", "outline"):
             canvas = _shape(rng, label, size, filled=chosen == "filled")
+        elif chosen == "rounded":
+            canvas = _rounded_shape(rng, label, size)
+        elif chosen == "twotone":
+            canvas = _shape(rng, label, size, filled=True)
         else:
             raise ValueError(f"shape style must be one of {SHAPE_STYLES}, got {style!r}")
     else:
         raise ValueError(f"unknown object class {label!r}")
-    return Glyph(_finish(canvas, size), chosen)
+    if styles.perspective and rng.random() < styles.perspective:
+        canvas = _perspective(rng, canvas)
+    mask = _finish(canvas, size)
+    inner = _two_tone_inner(rng, mask) if chosen == "twotone" else None
+    return Glyph(mask, chosen, inner)
+
+
+def render_letter(rng: np.random.Generator, letter: str, size: int, fonts: Sequence[Path]) -> Mask:
+    """A clutter character (not a class) in one of ``fonts``, about ``size`` px long."""
+    return _finish(_type_text(rng, letter, fonts), size)
 
 
 def _font_digit(rng: np.random.Generator, digit: str, size: int) -> Canvas:
@@ -103,6 +176,13 @@ def _font_digit(rng: np.random.Generator, digit: str, size: int) -> Canvas:
     cv2.putText(canvas, digit, (pad, pad + text_height), font, scale, (255,), thickness, cv2.LINE_8)
     matrix = _random_linear_map(rng, _MAX_DIGIT_ROTATION_DEG, max_shear=0.2, aspect=(0.8, 1.2))
     return _warp(canvas, matrix)
+
+
+def _type_text(rng: np.random.Generator, text: str, fonts: Sequence[Path]) -> Canvas:
+    """A character in a random TrueType/OpenType font, slanted or rotated a little."""
+    canvas = render_text(text, fonts[int(rng.integers(len(fonts)))])
+    matrix = _random_linear_map(rng, _MAX_DIGIT_ROTATION_DEG, max_shear=0.15, aspect=(0.85, 1.15))
+    return _warp(np.pad(canvas, 4), matrix)
 
 
 def _hand_digit(rng: np.random.Generator, digit: str, size: int) -> Canvas:
@@ -125,7 +205,7 @@ def _hand_shape(rng: np.random.Generator, shape: str, size: int) -> Canvas:
 
 
 def _shape(rng: np.random.Generator, shape: str, size: int, *, filled: bool) -> Canvas:
-    thickness = 0 if filled else max(2, round(float(rng.uniform(0.04, 0.12)) * size))
+    thickness = 0 if filled else max(2, round(float(rng.uniform(0.02, 0.18)) * size))
     if shape == "circle":
         pad = thickness + 2
         side = size + 2 * pad
@@ -152,6 +232,60 @@ def _shape(rng: np.random.Generator, shape: str, size: int, *, filled: bool) -> 
         canvas, (points,) = _fit_canvas([polygon], size, thickness)
         cv2.polylines(canvas, [points], True, (255,), thickness, cv2.LINE_8, _SHIFT)
     return canvas
+
+
+def _rounded_shape(rng: np.random.Generator, shape: str, size: int) -> Canvas:
+    """A square or triangle with rounded corners (a circle: an ellipse seen at an angle).
+
+    Drawn large, as the Minkowski sum of a smaller polygon and a disc, and then, for the
+    outlined variant, hollowed out by an erosion.
+    """
+    work = 160
+    if shape == "circle":
+        canvas = np.zeros((work + 8, work + 8), np.uint8)
+        axes = (work // 2, round(work / 2 * float(rng.uniform(0.7, 0.9))))
+        angle = float(rng.uniform(0, 180))
+        cv2.ellipse(canvas, (work // 2 + 4, work // 2 + 4), axes, angle, 0, 360, (255,), -1)
+    else:
+        radius = round(work * float(rng.uniform(0.08, 0.22)))
+        core = _shape(rng, shape, work - 2 * radius, filled=True)
+        canvas = np.asarray(cv2.dilate(np.pad(core, radius + 2), _disc(radius)), dtype=np.uint8)
+    if rng.random() < 0.6:
+        stroke = max(2, round(work * float(rng.uniform(0.04, 0.14))))
+        canvas = np.where(cv2.erode(canvas, _disc(stroke)) > 0, 0, canvas).astype(np.uint8)
+    return canvas
+
+
+def _two_tone_inner(rng: np.random.Generator, mask: Mask) -> Mask | None:
+    """The fill of a shape outlined in a second colour: the mask less a border."""
+    border = max(1, round(max(mask.shape) * float(rng.uniform(0.05, 0.15))))
+    inner = cv2.erode(mask.astype(np.uint8), _disc(border)) > 0
+    return inner if inner.any() else None
+
+
+def _disc(radius: int) -> NDArray[np.uint8]:
+    return np.asarray(
+        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)), np.uint8
+    )
+
+
+def _perspective(rng: np.random.Generator, canvas: Canvas) -> Canvas:
+    """The drawing as seen from a little off-axis: each corner moved by up to 12 %."""
+    height, width = canvas.shape
+    pad = round(max(height, width) * _PERSPECTIVE) + 2
+    padded = np.pad(canvas, pad)
+    side = max(height, width)
+    corners = np.array(
+        [[pad, pad], [pad + width, pad], [pad + width, pad + height], [pad, pad + height]],
+        np.float32,
+    )
+    moved = corners + rng.uniform(-_PERSPECTIVE, _PERSPECTIVE, (4, 2)).astype(np.float32) * side
+    matrix = cv2.getPerspectiveTransform(corners, moved)
+    size = (padded.shape[1], padded.shape[0])
+    return np.asarray(
+        cv2.warpPerspective(padded, matrix, size, flags=cv2.INTER_LINEAR, borderValue=(0,)),
+        np.uint8,
+    )
 
 
 def _pen_thickness(rng: np.random.Generator, size: int) -> int:
@@ -248,7 +382,8 @@ def _finish(canvas: Canvas, size: int) -> Mask:
     if abs(longer - size) > max(1, 0.04 * size):
         factor = size / longer
         new_size = (max(1, round(mask.shape[1] * factor)), max(1, round(mask.shape[0] * factor)))
-        scaled = cv2.resize(mask.astype(np.uint8) * 255, new_size, interpolation=cv2.INTER_LINEAR)
+        shrink = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        scaled = cv2.resize(mask.astype(np.uint8) * 255, new_size, interpolation=shrink)
         resized = np.asarray(scaled) >= 128
         if not resized.any():
             resized = np.asarray(

@@ -321,6 +321,9 @@ def _build_network(config: TrainConfig, classes: Sequence[str]) -> mx.gluon.Hybr
     return net
 
 
+_MIN_HARD_NEGATIVES = 8
+
+
 def _anchors(net: mx.gluon.HybridBlock, edge: int) -> mx.nd.NDArray:
     with mx.autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, edge, edge)))
@@ -339,7 +342,10 @@ def _target_generator() -> Callable[..., Any]:
 def _multibox_loss() -> Callable[..., Any]:
     from gluoncv.loss import SSDMultiBoxLoss
 
-    loss: Callable[..., Any] = SSDMultiBoxLoss()
+    # With no hard-negative floor an image without objects adds nothing to the loss (the
+    # mining takes 3 negatives per positive), and the model is never told that the digits
+    # it imagines in a photo are not there: each image's most confident wrong anchors count.
+    loss: Callable[..., Any] = SSDMultiBoxLoss(min_hard_negatives=_MIN_HARD_NEGATIVES)
     return loss
 
 
@@ -354,6 +360,12 @@ def _train_step(
 ) -> npt.NDArray[np.float64]:
     cls_targets, box_targets = [], []
     for target in targets:
+        if (target[:, 4] < 0).all():
+            # No object: every anchor is background. (The target generator would match
+            # the -1 padding row and encode log(0) box targets, NaN after masking.)
+            cls_targets.append(mx.nd.zeros((1, anchors.shape[1])))
+            box_targets.append(mx.nd.zeros((1, anchors.shape[1], 4)))
+            continue
         boxes = mx.nd.array(target[np.newaxis, :, :4])
         ids = mx.nd.array(target[np.newaxis, :, 4:5])
         cls_target, box_target, _ = target_generator(anchors, None, boxes, ids)

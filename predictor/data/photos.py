@@ -1,0 +1,221 @@
+"""Real photographs and wallpapers as scene backgrounds, split for training and evaluation.
+
+A detector trained only on flat and gradient backgrounds invents digits in photos. So
+scenes also use crops of Debian's desktop wallpapers (mostly photographs: landscapes,
+leaves, water, flowers, a meadow; some illustrations), from the packages named in
+`PHOTO_PACKAGES`. ``predictor data photos`` copies them once into a folder, downscaled,
+split by name into ``train/`` and ``withheld/``: the withheld ones appear only behind the
+generalisation evaluation's scenes.
+
+scikit-image's and matplotlib's sample photos never enter training: they are the
+evaluation's pure negatives (`write_negatives`), photos with no digit and no shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from predictor.data.errors import MissingAssetError
+
+Image = NDArray[np.uint8]
+
+WALLPAPER_ROOTS = (
+    Path("/usr/share/wallpapers"),  # plasma-workspace-wallpapers: NAME/contents/images/WxH.jpg
+    Path("/usr/share/backgrounds/mate"),  # mate-backgrounds: nature/, abstract/, desktop/
+    Path("/usr/share/backgrounds/gnome"),  # gnome-backgrounds: NAME-l.webp, NAME-d.webp
+)
+PHOTO_PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds", "gnome-backgrounds")
+
+WITHHELD_WALLPAPERS = frozenset(
+    {
+        # mate-backgrounds, nature/: photographs
+        "Storm", "LadyBird", "Dune", "GreenMeadow", "RainDrops", "YellowFlower",
+        # plasma-workspace-wallpapers: photographs
+        "Path", "summer_1am", "FallenLeaf",
+    }
+)  # fmt: skip
+"""Wallpapers (by name) that only the withheld-style evaluation scenes use."""
+
+NEGATIVE_SAMPLES = (
+    "astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "camera",
+    "immunohistochemistry", "hubble_deep_field", "gravel", "grass",
+    "grace_hopper", "Minduka_Present_Blue_Pack",
+)  # fmt: skip
+"""scikit-image and matplotlib sample photos with no digit or shape in them.
+
+Left out on purpose: ``coins`` and ``moon`` (round coins and craters are circles),
+``retina`` (a disc), ``brick`` (rectangles), ``page``, ``text`` and ``clock`` (characters).
+"""
+
+_LONGEST_SIDE = 1024  # px; backgrounds are at most 640 px, and crops may zoom in
+_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Plasma's previews of its wallpapers; flat fills and transparent PNGs (white here); and
+# pictures full of circles, triangles or icons, which would teach that a circle or a
+# triangle is background (the cups seen from above, Kay's and Patak's triangles, logos).
+_NOT_WALLPAPERS = frozenset(
+    {
+        "screenshot", "vnc-d", "vnc-l", "symbolic-d", "symbolic-l", "Silk", "Spring", "Waves",
+        "Arc-Colors-Transparent-Wallpaper", "MATE-Stripes-Dark", "MATE-Stripes-Light",
+        "ColorfulCups", "Kay", "Kay-dark", "Patak", "Patak-dark", "GreenTraditional",
+        "Float-into-MATE", "FlyingKonqui", "pixels-d", "pixels-l", "truchet-d", "truchet-l",
+        "licorice-d", "licorice-l",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Wallpaper:
+    """One wallpaper: its name and its largest file."""
+
+    name: str
+    path: Path
+
+
+def find_wallpapers(roots: tuple[Path, ...] = WALLPAPER_ROOTS) -> list[Wallpaper]:
+    """The installed wallpapers, one (the largest file) per name, sorted by name."""
+    best: dict[str, Path] = {}
+    for path in _image_files(roots):
+        name = _wallpaper_name(path)
+        if name in _NOT_WALLPAPERS:
+            continue
+        if name not in best or path.stat().st_size > best[name].stat().st_size:
+            best[name] = path
+    return [Wallpaper(name, best[name]) for name in sorted(best)]
+
+
+def prepare_photos(out_dir: Path, roots: tuple[Path, ...] = WALLPAPER_ROOTS) -> dict[str, int]:
+    """Write the wallpapers, downscaled, into ``out_dir/train`` and ``out_dir/withheld``.
+
+    Returns how many went into each. Raises MissingAssetError if either part is empty.
+    """
+    wallpapers = find_wallpapers(roots)
+    counts = {"train": 0, "withheld": 0}
+    for wallpaper in wallpapers:
+        part = "withheld" if wallpaper.name in WITHHELD_WALLPAPERS else "train"
+        image = cv2.imread(str(wallpaper.path), cv2.IMREAD_COLOR)
+        if image is None or min(image.shape[:2]) < 64:
+            continue  # a placeholder or an unreadable file: not a background
+        target = out_dir / part / f"{wallpaper.name}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            str(target), _downscale(np.asarray(image, np.uint8)), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
+        counts[part] += 1
+    if not counts["train"] or not counts["withheld"]:
+        raise MissingAssetError(
+            f"too few wallpapers under {', '.join(map(str, roots))} ({counts}); install the "
+            f"Debian packages {', '.join(PHOTO_PACKAGES)} with `make training-assets`"
+        )
+    return counts
+
+
+def write_negatives(out_dir: Path) -> list[Path]:
+    """Write the held-out sample photos of `NEGATIVE_SAMPLES` as JPEGs into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in NEGATIVE_SAMPLES:
+        target = out_dir / f"{name}.jpg"
+        cv2.imwrite(str(target), _sample_photo(name), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        written.append(target)
+    return written
+
+
+class PhotoLibrary:
+    """Photos held in memory, from which random background crops are cut."""
+
+    def __init__(self, photos: list[Image]) -> None:
+        if not photos:
+            raise ValueError("a photo library needs at least one photo")
+        self._photos = photos
+
+    @classmethod
+    def load(cls, folder: Path) -> PhotoLibrary:
+        """Every image in ``folder``; raises MissingAssetError if there is none."""
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _SUFFIXES)
+        photos = [
+            img for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files) if img is not None
+        ]
+        if not photos:
+            raise MissingAssetError(
+                f"no photos in {folder}; write them with `predictor data photos --out "
+                f"{folder.parent}` (after `make training-assets`)"
+            )
+        return cls([np.asarray(p, dtype=np.uint8) for p in photos])
+
+    def __len__(self) -> int:
+        return len(self._photos)
+
+    def background(self, rng: np.random.Generator, width: int, height: int) -> Image:
+        """A ``height x width`` crop of a random photo, at a random zoom, maybe mirrored."""
+        photo = self._photos[int(rng.integers(len(self._photos)))]
+        photo_height, photo_width = photo.shape[:2]
+        # The smallest zoom that still covers the output, times up to 2.5.
+        cover = max(width / photo_width, height / photo_height)
+        zoom = cover * math.exp(float(rng.uniform(0.0, math.log(2.5))))
+        crop_width = min(photo_width, max(1, math.ceil(width / zoom)))
+        crop_height = min(photo_height, max(1, math.ceil(height / zoom)))
+        x = int(rng.integers(0, photo_width - crop_width + 1))
+        y = int(rng.integers(0, photo_height - crop_height + 1))
+        crop = photo[y : y + crop_height, x : x + crop_width]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        resized = cv2.resize(
+            np.ascontiguousarray(crop), (width, height), interpolation=cv2.INTER_AREA
+        )
+        return np.asarray(resized, dtype=np.uint8)
+
+
+def _image_files(roots: tuple[Path, ...]) -> Iterator[Path]:
+    for root in roots:
+        if root.is_dir():
+            yield from sorted(p for p in root.rglob("*") if p.suffix.lower() in _SUFFIXES)
+
+
+def _wallpaper_name(path: Path) -> str:
+    """plasma: the folder above ``contents/images`` (``-dark`` for ``images_dark``);
+    otherwise the file's stem without a ``_WIDTHxHEIGHT`` suffix (gnome's ``-l`` and ``-d``
+    are different pictures: both kept)."""
+    if path.parent.parent.name == "contents" and path.parent.name.startswith("images"):
+        dark = "-dark" if path.parent.name == "images_dark" else ""
+        return path.parent.parent.parent.name + dark
+    stem = path.stem
+    base, _, suffix = stem.rpartition("_")
+    if base and suffix.replace("x", "").isdigit():
+        return base
+    return stem
+
+
+def _downscale(image: Image) -> Image:
+    longest = max(image.shape[:2])
+    if longest <= _LONGEST_SIDE:
+        return image
+    factor = _LONGEST_SIDE / longest
+    size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def _sample_photo(name: str) -> Image:
+    """A BGR sample photo from scikit-image or matplotlib (development extras)."""
+    if name in ("grace_hopper", "Minduka_Present_Blue_Pack"):
+        import matplotlib.cbook
+
+        suffix = ".jpg" if name == "grace_hopper" else ".png"
+        path = matplotlib.cbook.get_sample_data(name + suffix, asfileobj=False)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise MissingAssetError(f"cannot read matplotlib's sample photo {path}")
+        return np.asarray(image, dtype=np.uint8)
+    from skimage import data
+
+    loaded = getattr(data, "stereo_motorcycle" if name == "motorcycle_left" else name)()
+    pixels = np.asarray(loaded[0] if name == "motorcycle_left" else loaded, dtype=np.uint8)
+    if pixels.ndim == 2:
+        return np.asarray(cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    return np.ascontiguousarray(pixels[:, :, 2::-1])

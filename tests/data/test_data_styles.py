@@ -1,0 +1,238 @@
+"""The style sets: training variety, a withheld set that shares nothing with it, photos."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from predictor.data import CLASSES, SceneConfig, load_dataset, render_scene
+from predictor.data.boxes import Box, tight_box
+from predictor.data.fonts import TRAINING_FAMILIES, WITHHELD_FAMILIES, font_files
+from predictor.data.glyphs import render_glyph
+from predictor.data.photos import (
+    NEGATIVE_SAMPLES,
+    WITHHELD_WALLPAPERS,
+    PhotoLibrary,
+    find_wallpapers,
+    prepare_photos,
+    write_negatives,
+)
+from predictor.data.styles import CLUTTER_CHARACTERS, StyleSet, style_set
+from predictor.data.synth import MIN_CONTRAST, Scene, _luma
+
+from .helpers import run_cli
+
+CONFIG = SceneConfig(min_side=160, max_side=320)
+
+
+def gradient_photo(seed: int) -> np.ndarray:
+    """A stand-in photo: smooth colour ramps with noise (real photos are for evaluation)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, 400, dtype=np.float32)
+    image = np.stack([np.tile(ramp, (300, 1))] * 3, axis=2) * rng.uniform(0.3, 1.0, 3)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos() -> PhotoLibrary:
+    return PhotoLibrary([gradient_photo(i) for i in range(3)])
+
+
+@pytest.fixture(scope="module")
+def train_scenes(photos: PhotoLibrary) -> list[Scene]:
+    styles = style_set("train")
+    return [
+        render_scene(np.random.default_rng([77, i]), CONFIG, styles, photos) for i in range(300)
+    ]
+
+
+@pytest.fixture(scope="module")
+def withheld_scenes(photos: PhotoLibrary) -> list[Scene]:
+    styles = style_set("withheld")
+    return [
+        render_scene(np.random.default_rng([78, i]), CONFIG, styles, photos) for i in range(150)
+    ]
+
+
+def test_withheld_fonts_share_no_file_and_no_family_with_training() -> None:
+    training, withheld = font_files(TRAINING_FAMILIES), font_files(WITHHELD_FAMILIES)
+    assert training and withheld
+    assert not set(training) & set(withheld)
+    assert not {f.name for f in TRAINING_FAMILIES} & {f.name for f in WITHHELD_FAMILIES}
+    assert style_set("train").glyphs.fonts == training
+    assert style_set("withheld").glyphs.fonts == withheld
+
+
+def test_training_scenes_use_every_training_style_and_no_withheld_one(
+    train_scenes: list[Scene],
+) -> None:
+    styles = Counter(
+        ("digit" if o.label.isdigit() else "shape", o.style)
+        for s in train_scenes
+        for o in s.objects
+    )
+    assert set(styles) == {
+        ("digit", "font"), ("digit", "type"), ("digit", "hand"),
+        ("shape", "filled"), ("shape", "outline"), ("shape", "hand"),
+    }, styles  # fmt: skip
+    assert set(o.label for s in train_scenes for o in s.objects) == set(CLASSES)
+
+
+def test_withheld_scenes_use_only_withheld_styles(withheld_scenes: list[Scene]) -> None:
+    styles = Counter(
+        ("digit" if o.label.isdigit() else "shape", o.style)
+        for s in withheld_scenes
+        for o in s.objects
+    )
+    assert set(styles) == {("digit", "type"), ("shape", "rounded"), ("shape", "twotone")}
+    assert all(
+        o.inner is not None for s in withheld_scenes for o in s.objects if o.style == "twotone"
+    )
+
+
+def test_some_training_scenes_hold_nothing_but_background_and_clutter(
+    train_scenes: list[Scene],
+) -> None:
+    empty = [s for s in train_scenes if not s.objects]
+    # 6 % are negatives by design; a few more when a photo leaves no spot with contrast.
+    assert 0.02 <= len(empty) / len(train_scenes) <= 0.15
+    assert any(s.clutter for s in empty)
+
+
+def test_clutter_letters_are_unlabelled_and_clear_of_every_object(
+    train_scenes: list[Scene],
+) -> None:
+    with_letters = [s for s in train_scenes if s.clutter]
+    assert len(with_letters) >= 0.3 * len(train_scenes)
+    for scene in with_letters:
+        assert all(letter.label == "letter" for letter in scene.clutter)
+        assert len(scene.annotations) == len(scene.objects)
+        for letter in scene.clutter:
+            for obj in scene.objects:
+                assert not letter.box.overlaps(obj.box, gap=CONFIG.gap)
+
+
+def test_clutter_characters_exclude_lookalikes_of_the_classes() -> None:
+    for lookalike in "0Oo1IlL2Zz5Ss6Gb8B9gq7TCc":
+        assert lookalike not in CLUTTER_CHARACTERS
+
+
+def test_boxes_stay_tight_on_every_style(
+    train_scenes: list[Scene], withheld_scenes: list[Scene]
+) -> None:
+    for scene in train_scenes + withheld_scenes:
+        height, width = scene.image.shape[:2]
+        for obj in scene.objects + scene.clutter:
+            assert obj.box.problem(width, height) is None
+            assert tight_box(obj.mask) == Box(0, 0, obj.box.width, obj.box.height)
+
+
+def test_two_tone_shapes_show_both_colours_clearly(photos: PhotoLibrary) -> None:
+    # No blur or fading here, so painted pixels can be compared exactly.
+    plain = replace(style_set("withheld"), blur_share=0.0, faded_share=0.0, letter_share=0.0)
+    seen = 0
+    for i in range(60):
+        scene = render_scene(np.random.default_rng([79, i]), CONFIG, plain, photos)
+        for obj in scene.objects:
+            if obj.inner is None or obj.inner_color is None:
+                continue
+            seen += 1
+            region = scene.image[obj.box.ymin : obj.box.ymax, obj.box.xmin : obj.box.xmax]
+            assert (region[obj.inner] == obj.inner_color).all()
+            assert (region[obj.mask & ~obj.inner] == obj.color).all()
+            assert abs(_luma(obj.inner_color) - _luma(obj.color)) >= MIN_CONTRAST
+    assert seen >= 10
+
+
+def test_blur_and_fading_happen_only_as_often_as_asked(photos: PhotoLibrary) -> None:
+    flawless = replace(style_set("train"), blur_share=0.0, faded_share=0.0)
+    flawed = replace(flawless, blur_share=1.0)
+    for i in range(5):
+        sharp = render_scene(np.random.default_rng([80, i]), CONFIG, flawless, photos)
+        soft = render_scene(np.random.default_rng([80, i]), CONFIG, flawed, photos)
+        assert sharp.annotations == soft.annotations  # the flaws come after the drawing
+        assert (
+            cv2.Laplacian(soft.image, cv2.CV_64F).var()
+            < cv2.Laplacian(sharp.image, cv2.CV_64F).var()
+        )
+
+
+def test_rounded_and_perspective_glyphs_keep_the_requested_size() -> None:
+    styles = replace(style_set("withheld").glyphs, perspective=1.0)
+    for i, label in enumerate(["circle", "square", "triangle", "4", "7"] * 8):
+        glyph = render_glyph(np.random.default_rng(i), label, 80, styles=styles)
+        assert abs(max(glyph.mask.shape) - 80) <= 4, (label, glyph.style, glyph.mask.shape)
+
+
+def test_photo_backgrounds_are_crops_of_the_library(photos: PhotoLibrary) -> None:
+    on_photo = replace(style_set("train"), photo_share=1.0, negative_share=1.0, letter_share=0.0)
+    no_flaws = replace(on_photo, blur_share=0.0, faded_share=0.0)
+    scene = render_scene(np.random.default_rng(3), CONFIG, no_flaws, photos)
+    assert not scene.objects
+    # A ramp photo: brightness changes steadily along x in every crop.
+    grey = scene.background.astype(np.float64).mean(axis=(0, 2))
+    assert abs(np.corrcoef(np.arange(grey.size), grey)[0, 1]) > 0.9
+
+
+def test_prepare_photos_splits_wallpapers_by_name_and_skips_shape_like_ones(tmp_path: Path) -> None:
+    plasma, mate = tmp_path / "wallpapers", tmp_path / "mate"
+    for name, size in (("Autumn", (320, 200)), ("Autumn", (640, 400)), ("Path", (320, 200))):
+        folder = plasma / name / "contents" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            str(folder / f"{size[0]}x{size[1]}.jpg"), gradient_photo(size[0])[: size[1], : size[0]]
+        )
+    (mate / "nature").mkdir(parents=True)
+    cv2.imwrite(str(mate / "nature" / "Storm.jpg"), gradient_photo(1))
+    cv2.imwrite(str(mate / "nature" / "Garden_1920x1080.jpg"), gradient_photo(2))
+    cv2.imwrite(str(mate / "nature" / "ColorfulCups.jpg"), gradient_photo(3))  # circles: skipped
+    roots = (plasma, mate)
+    assert [w.name for w in find_wallpapers(roots)] == ["Autumn", "Garden", "Path", "Storm"]
+    assert find_wallpapers(roots)[0].path.name == "640x400.jpg"  # the largest file
+    counts = prepare_photos(tmp_path / "out", roots)
+    assert counts == {"train": 2, "withheld": 2}
+    assert {p.stem for p in (tmp_path / "out" / "withheld").iterdir()} <= WITHHELD_WALLPAPERS
+    assert len(PhotoLibrary.load(tmp_path / "out" / "train")) == 2
+
+
+def test_negatives_are_the_held_out_sample_photos(tmp_path: Path) -> None:
+    written = write_negatives(tmp_path)
+    assert [p.stem for p in written] == list(NEGATIVE_SAMPLES)
+    assert len(written) >= 8
+    assert all(cv2.imread(str(p)) is not None for p in written)
+    assert not set(NEGATIVE_SAMPLES) & WITHHELD_WALLPAPERS
+
+
+def test_synth_cli_draws_the_withheld_set_on_photos(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), gradient_photo(0))
+    code, out, err = run_cli(
+        "data", "synth", "--out", tmp_path / "w", "--images", "6", "--styles", "withheld",
+        "--photos", folder, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "wrote 6 images" in out
+    qualities = {p.stat().st_size for p in (tmp_path / "w" / "images").iterdir()}
+    assert len(qualities) == 6
+    assert len(load_dataset(tmp_path / "w").images) == 6
+
+
+def test_synth_cli_names_a_missing_photo_folder(tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        "data", "synth", "--out", tmp_path / "w", "--images", "1", "--photos", tmp_path / "none",
+    )  # fmt: skip
+    assert code == 2
+    assert f"no photos in {tmp_path / 'none'}" in err
+
+
+def test_a_style_set_without_fonts_cannot_ask_for_typeset_digits() -> None:
+    train = style_set("train")
+    with pytest.raises(ValueError, match="needs font files"):
+        replace(train.glyphs, fonts=())
+    assert isinstance(StyleSet("x", train.glyphs), StyleSet)

@@ -14,16 +14,7 @@ field ``images``, as BentoML's image APIs take files. Usage tracking is off
 from __future__ import annotations
 
 from bench.peer_handler import CONFIG_FILE, READY_PATTERN
-from bench.peer_venv import (
-    ROOT,
-    PeerServer,
-    PeerVenv,
-    free_port,
-    fresh_folder,
-    stage_model,
-    wait_for_http,
-    wait_for_lines,
-)
+from bench.peer_venv import ROOT, PeerServer, PeerVenv, wait_for_http, wait_for_lines
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -40,12 +31,10 @@ class BentoMLServer(PeerServer):
     form_field = "images"
 
     def _start(self) -> None:
-        home = fresh_folder(self.home)
-        stage_model(self.prefix, home / "model", self.config)
-        self.port = free_port()
+        home = self.home
         command = [str(self.venv.bin / "bentoml"), "serve", "bench.bentoml_service:SSD"]
         command += ["--working-dir", str(ROOT), "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--arg", f"config={home / 'model' / CONFIG_FILE}"]
+        command += ["--arg", f"config={self.model_dir / CONFIG_FILE}"]
         command += ["--arg", f"workers={self.workers}"]
         env = self.venv.environment(
             BENTOML_HOME=str(home / "bentoml-home"),

@@ -31,15 +31,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.peer_venv import (
-    ROOT,
-    PeerServer,
-    PeerVenv,
-    free_port,
-    fresh_folder,
-    stage_model,
-    wait_for_http,
-)
+from bench.peer_venv import ROOT, PeerServer, PeerVenv, free_port, wait_for_http
 
 MODEL_NAME = "ssd"
 HANDLER_FILE = ROOT / "bench" / "model_server_handler.py"
@@ -60,18 +52,16 @@ class ModelServer(PeerServer):
     management_port = 0
 
     def _start(self) -> None:
-        home = fresh_folder(self.home)
-        store, tmp, staging = home / "store", home / "tmp", home / "staging"
+        home, staging = self.home, self.model_dir
+        store, tmp = home / "store", home / "tmp"
         for folder in (store, tmp):
             folder.mkdir()
-        stage_model(self.prefix, staging, self.config)
         shutil.copyfile(HANDLER_FILE, staging / HANDLER_FILE.name)
+        archive = ["--model-name", MODEL_NAME, *self.archive_source(staging)]
+        archive += ["--export-path", str(store), "--archive-format", "no-archive", "--force"]
         subprocess.run(
-            [str(self.venv.bin / self.archiver_command()), *self.archive_options(staging, store)],
-            check=True,
-            cwd=home,
+            [str(self.venv.bin / self.archiver_command()), *archive], check=True, cwd=home
         )
-        self.port = free_port()
         self.management_port = free_port(exclude={self.port})
         config = home / "config.properties"
         config.write_text("\n".join(self.properties(store)) + "\n", encoding="utf-8")
@@ -87,21 +77,9 @@ class ModelServer(PeerServer):
         """The archiver of this server's own distribution."""
         return "model-archiver"
 
-    def archive_options(self, staging: Path, store: Path) -> list[str]:
-        """``model-archiver`` packing the staged folder unzipped into ``store``."""
-        return [
-            "--model-name",
-            MODEL_NAME,
-            "--model-path",
-            str(staging),
-            "--handler",
-            HANDLER_FILE.stem,
-            "--export-path",
-            str(store),
-            "--archive-format",
-            "no-archive",
-            "--force",
-        ]
+    def archive_source(self, staging: Path) -> list[str]:
+        """What the archiver packs (unzipped, into the model store): the staged folder."""
+        return ["--model-path", str(staging), "--handler", HANDLER_FILE.stem]
 
     def properties(self, store: Path) -> list[str]:
         """The lines of ``config.properties``."""

@@ -211,11 +211,17 @@ class PeerProcess:
         return session_members(self.session) | descendants(self.process.pid)
 
     def stop(
-        self, first: signal.Signals = signal.SIGTERM, *, group: bool = True, grace_s: float = 60.0
+        self,
+        first: signal.Signals = signal.SIGTERM,
+        *,
+        group: bool = True,
+        grace_s: float = 60.0,
+        term_s: float = 10.0,
     ) -> list[int]:
         """Stop it as its documentation does, then make sure: ``first`` (SIGINT is Ctrl-C) to its
-        process group (``group``) or to the command alone, ``grace_s`` to exit, then SIGTERM
-        and finally SIGKILL to whatever is left of it, by process id.
+        process group (``group``) or to the command alone and ``grace_s`` for all of it to
+        exit; then SIGTERM (``term_s`` to exit) and finally SIGKILL to whatever is left of it,
+        by process id.
 
         Returns the ids still alive at the end (none, unless the kernel refused).
         """
@@ -225,21 +231,26 @@ class PeerProcess:
                 os.killpg(self.session, first)
             else:
                 self.process.send_signal(first)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=grace_s)
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            self._wait_gone(known, grace_s)
+        for sig, wait_s in ((signal.SIGTERM, term_s), (signal.SIGKILL, 5.0)):
             known |= self.members()
             left = _alive(known)
             if not left:
                 break
             _signal_all(left, sig)
-            deadline = time.monotonic() + wait_s
-            while _alive(left) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        if self.alive():
-            self.process.wait()
+            self._wait_gone(left, wait_s)
+        self.process.wait()
         self._log_file.close()
         return sorted(_alive(known | self.members()))
+
+    def _wait_gone(self, pids: set[int], seconds: float) -> None:
+        """Until none of ``pids`` runs (the command reaped), or ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.process.poll()  # reap the command itself: a zombie does not count
+            if not _alive(pids):
+                return
+            time.sleep(0.2)
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -298,9 +309,12 @@ def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
 class PeerServer:
     """A peer serving one checkpoint; a context manager that always stops it.
 
-    Subclasses set `venv`, `endpoint_path` and `form_field`, and implement
-    `_start` (which fills `process` and `port`); `url` is then the endpoint
-    that `bench.loadgen` posts JPEGs to.
+    Entering it installs the venv, empties the peer's folder ``bench/.work/NAME``,
+    stages the checkpoint and the handler's configuration in `model_dir` and
+    picks `port`; subclasses set `venv`, `decoder`, `endpoint_path` and
+    `form_field`, and implement `_start` (which starts `process` with `_spawn`
+    and waits until it serves). `url` is then the endpoint that
+    `bench.loadgen` posts JPEGs to.
     """
 
     venv: PeerVenv
@@ -350,8 +364,16 @@ class PeerServer:
         """The detection endpoint."""
         return f"http://127.0.0.1:{self.port}{self.endpoint_path}"
 
+    @property
+    def model_dir(self) -> Path:
+        """Where the checkpoint and the handler's configuration are staged."""
+        return self.home / "model"
+
     def __enter__(self) -> PeerServer:
         self.venv.ensure()
+        fresh_folder(self.home)
+        stage_model(self.prefix, self.model_dir, self.config)
+        self.port = free_port()
         try:
             self._start()
         except BaseException:

@@ -29,16 +29,7 @@ import tempfile
 from pathlib import Path
 
 from bench.peer_handler import CONFIG_FILE, READY_PATTERN
-from bench.peer_venv import (
-    ROOT,
-    PeerServer,
-    PeerVenv,
-    free_port,
-    fresh_folder,
-    stage_model,
-    wait_for_http,
-    wait_for_lines,
-)
+from bench.peer_venv import ROOT, PeerServer, PeerVenv, wait_for_http, wait_for_lines
 
 STARTUP_TIMEOUT_S = 600.0
 DEFAULT_MAX_ONGOING_REQUESTS = 5  # Ray Serve's own default
@@ -56,10 +47,7 @@ class RayServe(PeerServer):
     _ray_tmp: Path | None = None
 
     def _start(self) -> None:
-        home = fresh_folder(self.home)
-        stage_model(self.prefix, home / "model", self.config)
-        self.port = free_port()
-        config = home / "serve_config.json"
+        config = self.home / "serve_config.json"
         config.write_text(json.dumps(self.serve_config(), indent=1) + "\n", encoding="utf-8")
         # Ray's socket paths must stay short (107 bytes): its session folder goes under /tmp.
         self._ray_tmp = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))
@@ -100,7 +88,7 @@ class RayServe(PeerServer):
                     "route_prefix": APP_ROUTE,
                     "import_path": "bench.rayserve_app:build",
                     "args": {
-                        "config": str(self.home / "model" / CONFIG_FILE),
+                        "config": str(self.model_dir / CONFIG_FILE),
                         "batch_size": self.config.batch_size,
                         "batch_wait_timeout_s": self.max_batch_delay_ms / 1000.0,
                     },

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.mms import HANDLER_FILE, MODEL_NAME, ModelServer
+from bench.mms import HANDLER_FILE, ModelServer
 from bench.peer_venv import PeerVenv, free_port
 
 TORCHSERVE_PACKAGES = (
@@ -59,24 +59,11 @@ class TorchServe(ModelServer):
         """TorchServe's own archiver."""
         return "torch-model-archiver"
 
-    def archive_options(self, staging: Path, store: Path) -> list[str]:
-        """``torch-model-archiver``: the handler, the checkpoint as extra files, unzipped."""
+    def archive_source(self, staging: Path) -> list[str]:
+        """``torch-model-archiver``'s way: the handler file, the rest as extra files, a version."""
         extra = sorted(str(path) for path in staging.iterdir() if path.name != HANDLER_FILE.name)
-        return [
-            "--model-name",
-            MODEL_NAME,
-            "--version",
-            "1.0",
-            "--handler",
-            str(staging / HANDLER_FILE.name),
-            "--extra-files",
-            ",".join(extra),
-            "--export-path",
-            str(store),
-            "--archive-format",
-            "no-archive",
-            "--force",
-        ]
+        handler = str(staging / HANDLER_FILE.name)
+        return ["--version", "1.0", "--handler", handler, "--extra-files", ",".join(extra)]
 
     def properties(self, store: Path) -> list[str]:
         """MMS's lines plus TorchServe's own ports and switches."""

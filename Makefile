@@ -99,11 +99,13 @@ endif
 bench: setup
 	$(BIN)/python -m bench.bench_server
 
-# predictor side by side with MXNet Model Server 1.1.11 (installed by the script
-# into its own venv, bench/.work/mms-venv; needs Java 17) and a naive
-# one-request-one-forward server, on the shipped model (float32 and int8) and
-# the ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section
-# of BENCHMARKS.md.
+# predictor side by side with MXNet Model Server 1.1.11, TorchServe 0.12,
+# BentoML 1.4 and Ray Serve 2.60 (each installed by the script into its own
+# venv, bench/.work/NAME-venv; MMS and TorchServe need Java 17), in two views
+# each (same handler, as deployed), and a naive one-request-one-forward
+# server, on the shipped models (float32, and int8 for predictor) and the
+# ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section of
+# BENCHMARKS.md. `python -m bench.peer_check` checks the peers in a few minutes.
 bench-compare: setup
 	$(BIN)/python -m bench.compare --int8
 

@@ -1,4 +1,4 @@
-"""`make bench-compare`: predictor against MXNet Model Server and a naive server, side by side.
+"""`make bench-compare`: predictor against the model servers of its field and a naive server.
 
 One run, one machine, the same checkpoint and the same JPEGs for everyone:
 
@@ -8,9 +8,25 @@ One run, one machine, the same checkpoint and the same JPEGs for everyone:
 2. ``predictor``: `predictor serve` with ``BATCH_MAX_SIZE`` = the best
    offline batch and ``BATCH_MAX_DELAY_MS=5``.
 3. ``naive``: `bench.naive_server`, one synchronous forward per request.
-4. ``mms``: MXNet Model Server 1.1.11 running `bench.mms_handler` (the same
-   preprocessing and model code) with its own batching at the same batch
-   size and delay, one worker per CPU core, MMS's own default (`bench.mms`).
+4. The peers, each in its own venv under ``bench/.work``, started and stopped
+   by the benchmark, each with its own batching at the same batch size (and
+   the same delay where it has that setting) and one model replica per CPU
+   core: ``mms`` (MXNet Model Server 1.1.11, `bench.mms`), ``torchserve``
+   (TorchServe 0.12, `bench.torchserve`), ``bentoml`` (BentoML 1.4 adaptive
+   batching, `bench.bentoml_peer`) and ``rayserve`` (Ray Serve 2.60
+   ``@serve.batch``, `bench.rayserve`).
+
+Every peer is measured in two views (`bench.peer_handler`): ``same_handler``,
+where its handler calls predictor's own decoding and post-processing, so only
+the serving machinery differs; and ``as_deployed``, where its handler decodes
+and resizes as the peer's own object-detection example does (full-size
+decoding), as a user of that server would write it. The naive server exists
+in the same-handler view only. predictor's rows are ``as_deployed`` (it is
+deployed with its own decoding, which is also the same-handler view's, so
+its rows are the reference of both); the offline rows are ``same_handler``
+(predictor's handler without a server: the ceiling of that view).
+`parse_contenders` reads ``--contenders`` (``mms`` = both views,
+``mms:as_deployed`` = one).
 
 Each server runs alone in a child process on loopback and is driven by
 closed-loop clients from this process (`bench.loadgen`) at concurrency 1, 4,
@@ -20,7 +36,7 @@ warm-up. Models: the shipped SSD 300, and GluonCV's ``ssd_512_resnet50_v1``
 With ``--int8`` the shipped model is also served and measured offline as a
 ``predictor quantize`` checkpoint (rows with ``dtype`` int8).
 
-Writes ``bench/compare.json`` (one row per model, contender, dtype and
+Writes ``bench/compare.json`` (one row per model, contender, view, dtype and
 concurrency), ``bench/compare.png`` and the section of ``BENCHMARKS.md``
 between its markers.
 """
@@ -43,10 +59,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_server import machine, measure_offline, write_markdown
+from bench.bentoml_peer import BentoMLServer
 from bench.loadgen import LoadResult, drive
 from bench.mms import ModelServer
 from bench.offline_limit import measure_offline_with_threads
+from bench.peer_handler import VIEWS
+from bench.peer_venv import PeerServer
 from bench.plain_model import MODEL_CODES
+from bench.rayserve import RayServe
+from bench.torchserve import TorchServe
 from predictor.config import SHIPPED_COCO_PREFIX, SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from tests.support.photos import make_photos
 from tests.support.server_process import ServerProcess
@@ -55,10 +76,52 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 MARK_START = "<!-- bench_compare:start -->"
 MARK_END = "<!-- bench_compare:end -->"
-CONTENDERS = ("predictor", "mms", "naive")
+PEERS: dict[str, type[PeerServer]] = {
+    "mms": ModelServer,
+    "torchserve": TorchServe,
+    "bentoml": BentoMLServer,
+    "rayserve": RayServe,
+}
+CONTENDERS = ("predictor", "naive", *PEERS)
+# The one view of the contenders that are not peers (see the module's docstring).
+OWN_VIEW = {"predictor": "as_deployed", "naive": "same_handler", "offline": "same_handler"}
 BATCH_DELAY_MS = 5
 RESNET_PREFIX = WORK / "resnet50" / "resnet50_ssd_model"
 INT8_PREFIX = WORK / "int8" / "ssd300_digits_shapes-int8"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One server of the comparison in one view (`bench.peer_handler.VIEWS`)."""
+
+    name: str
+    view: str
+
+    def __str__(self) -> str:
+        return self.name if OWN_VIEW.get(self.name) == self.view else f"{self.name}:{self.view}"
+
+
+def parse_contenders(text: str) -> tuple[Contender, ...]:
+    """``--contenders``: comma-separated names, each with an optional ``:VIEW`` (a peer: both).
+
+    Raises `ValueError` naming what is accepted for an unknown name or view.
+    """
+    chosen: list[Contender] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, view = item.partition(":")
+        if name not in CONTENDERS:
+            raise ValueError(f"contender {name!r}: expected one of {', '.join(CONTENDERS)}")
+        allowed = (OWN_VIEW[name],) if name in OWN_VIEW else VIEWS
+        if view and view not in allowed:
+            raise ValueError(f"{name} has no view {view!r}: {', '.join(allowed)}")
+        for one in (view,) if view else allowed:
+            if Contender(name, one) not in chosen:
+                chosen.append(Contender(name, one))
+    if not chosen:
+        raise ValueError("no contender given")
+    return tuple(chosen)
 
 
 @dataclass(frozen=True)
@@ -180,11 +243,20 @@ class NaiveServer:
                 self.process.wait()
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a contender takes JPEGs: its URL, and the multipart field if it takes uploads."""
+
+    url: str
+    form_field: str | None = None
+
+
 @contextmanager
 def contender(
-    name: str, case: ModelCase, prefix: Path, batch: int, dtype: str, model_code: str
-) -> Iterator[str]:
-    """Start one contender's server; yield its detection URL; always stop it."""
+    who: Contender, case: ModelCase, prefix: Path, batch: int, dtype: str, model_code: str
+) -> Iterator[Endpoint]:
+    """Start one contender's server; yield its endpoint; always stop it."""
+    name = who.name
     if name == "predictor":
         env = {
             "MODEL_PREFIX": str(prefix),
@@ -199,32 +271,40 @@ def contender(
         if case.cpu_threads is not None:
             env["MODEL_CPU_THREADS"] = str(case.cpu_threads)
         with ServerProcess(env) as server:
-            yield server.url + "/predict"
+            yield Endpoint(server.url + "/predict")
     elif name == "naive":
         naive = NaiveServer(prefix, case.edge, model_code)
         try:
-            yield naive.url
+            yield Endpoint(naive.url)
         finally:
             naive.stop()
-    elif name == "mms":
-        with ModelServer(prefix, case.edge, batch, BATCH_DELAY_MS, model_code=model_code) as mms:
-            yield mms.url
+    elif name in PEERS:
+        peer = PEERS[name](
+            prefix, case.edge, batch, BATCH_DELAY_MS, view=who.view, model_code=model_code
+        )
+        with peer:
+            yield Endpoint(peer.url, peer.form_field)
+        if peer.leftovers:
+            print(f"  {who}: processes left running: {peer.leftovers}", file=sys.stderr)
     else:
         raise ValueError(name)
 
 
-def run_levels(url: str, bodies: list[bytes], case: ModelCase, label: str) -> list[LoadResult]:
+def run_levels(
+    endpoint: Endpoint, bodies: list[bytes], case: ModelCase, label: str
+) -> list[LoadResult]:
     """Warm up, then one closed-loop run per concurrency level."""
     timeout_s = case.time_limit_s * 4
-    asyncio.run(drive(url, bodies, 4, case.warmup_requests, case.time_limit_s, timeout_s))
+    url, field = endpoint.url, endpoint.form_field
+    asyncio.run(drive(url, bodies, 4, case.warmup_requests, case.time_limit_s, timeout_s, field))
     results = []
     for concurrency, requests in case.levels.items():
         result = asyncio.run(
-            drive(url, bodies, concurrency, requests, case.time_limit_s, timeout_s)
+            drive(url, bodies, concurrency, requests, case.time_limit_s, timeout_s, field)
         )
         failed = {status: n for status, n in result.statuses.items() if status != 200}
         print(
-            f"  {label:>16} c={concurrency:3d}: {result.throughput_rps:6.2f} req/s, "
+            f"  {label:>30} c={concurrency:3d}: {result.throughput_rps:6.2f} req/s, "
             f"p50 {result.percentile_ms(50):8.1f} ms, p99 {result.percentile_ms(99):8.1f} ms, "
             f"{sum(result.statuses.values())} requests"
             + (f", non-200: {failed}" if failed else ""),
@@ -236,13 +316,14 @@ def run_levels(url: str, bodies: list[bytes], case: ModelCase, label: str) -> li
 
 
 def rows_for(
-    case: ModelCase, name: str, dtype: str, results: list[LoadResult]
+    case: ModelCase, who: Contender, dtype: str, results: list[LoadResult]
 ) -> list[dict[str, Any]]:
-    """compare.json rows of one contender."""
+    """compare.json rows of one contender in one view."""
     return [
         {
             "model": case.name,
-            "contender": name,
+            "contender": who.name,
+            "view": who.view,
             "dtype": dtype,
             "concurrency": r.concurrency,
             "throughput_rps": round(r.throughput_rps, 3),
@@ -259,6 +340,7 @@ def offline_rows(case: ModelCase, dtype: str, offline: dict[str, Any]) -> list[d
         {
             "model": case.name,
             "contender": "offline",
+            "view": OWN_VIEW["offline"],
             "dtype": dtype,
             "concurrency": concurrency,
             "throughput_rps": round(offline["limit_rps"], 3),
@@ -274,7 +356,7 @@ def measure_case(
     prefix: Path,
     dtype: str,
     files: list[Path],
-    contenders: tuple[str, ...],
+    contenders: tuple[Contender, ...],
     details: dict[str, Any],
     baseline_model: str,
 ) -> list[dict[str, Any]]:
@@ -310,17 +392,17 @@ def measure_case(
     }
     bodies = [path.read_bytes() for path in files]
     rows = offline_rows(case, dtype, offline)
-    runs: dict[str, list[list[LoadResult]]] = {name: [] for name in contenders}
+    runs: dict[Contender, list[list[LoadResult]]] = {who: [] for who in contenders}
     for round_index in range(case.rounds):
         shift = round_index % len(contenders)
-        for name in contenders[shift:] + contenders[:shift]:
+        for who in contenders[shift:] + contenders[:shift]:
             batch = offline["best_batch"]
-            with contender(name, case, prefix, batch, dtype, baseline_model) as url:
-                runs[name].append(run_levels(url, bodies, case, f"{name} {dtype}"))
-    for name in contenders:
-        results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[name], strict=True)]
-        rows += rows_for(case, name, dtype, results)
-        details[f"{case.name}/{dtype}"][name] = {
+            with contender(who, case, prefix, batch, dtype, baseline_model) as endpoint:
+                runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
+    for who in contenders:
+        results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[who], strict=True)]
+        rows += rows_for(case, who, dtype, results)
+        details[f"{case.name}/{dtype}"][str(who)] = {
             str(r.concurrency): {"requests": sum(r.statuses.values()), "statuses": r.statuses}
             for r in results
         }
@@ -375,29 +457,45 @@ def ensure_int8(calib: Path, images: int) -> None:
 
 # ------------------------------------------------------------------ output
 
+VIEW_TITLES = {
+    "same_handler": "Same handler: every contender decodes and post-processes with predictor's "
+    "code, so only the serving machinery differs",
+    "as_deployed": "As deployed: each peer decodes and resizes as its own object-detection "
+    "example does (full-size decoding), predictor as it ships",
+}
+
 
 def find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     """The row with these fields, if measured."""
     for row in rows:
-        if all(row[key] == value for key, value in match.items()):
+        if all(row.get(key) == value for key, value in match.items()):
             return row
     return None
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A contender's name in a table: the view is added for a peer's rows."""
+    who = str(row["contender"])
+    return who if who in OWN_VIEW else f"{who} ({row['view'].replace('_', ' ')})"
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the measured figures and met / NOT met."""
     lines = []
 
-    def at(model: str, who: str, concurrency: int) -> dict[str, Any] | None:
-        return find(rows, model=model, contender=who, dtype="float32", concurrency=concurrency)
+    def at(model: str, who: str, concurrency: int, view: str = "") -> dict[str, Any] | None:
+        view = view or OWN_VIEW.get(who, "same_handler")
+        return find(
+            rows, model=model, contender=who, view=view, dtype="float32", concurrency=concurrency
+        )
 
-    ours, mms, naive = (at(SMALL.name, who, 16) for who in CONTENDERS)
+    ours, mms, naive = (at(SMALL.name, who, 16) for who in ("predictor", "mms", "naive"))
     if ours and mms and naive:
         ratio = ours["throughput_rps"] / mms["throughput_rps"]
         lines.append(
             f"- {SMALL.name}, concurrency 16: predictor {ours['throughput_rps']:.1f} req/s = "
-            f"**{ratio:.2f}x** MMS ({mms['throughput_rps']:.1f}); target >= 1.5x: "
-            f"{'met' if ratio >= 1.5 else 'NOT met'}."
+            f"**{ratio:.2f}x** MMS with the same handler ({mms['throughput_rps']:.1f}); "
+            f"target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}."
         )
         ok = ours["throughput_rps"] >= naive["throughput_rps"]
         lines.append(
@@ -415,25 +513,37 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             + "."
         )
     for case in (SMALL, COCO, RESNET):
+        mine = [r for r in rows if r["model"] == case.name and r["dtype"] == "float32"]
+        ours16 = at(case.name, "predictor", 16)
+        ratios = [
+            f"{row_label(other)} {ours16['throughput_rps'] / other['throughput_rps']:.2f}x"
+            for other in mine
+            if ours16
+            and other["concurrency"] == 16
+            and other["contender"] in PEERS
+            and other["throughput_rps"] > 0
+        ]
+        if ours16 and ratios:
+            lines.append(
+                f"- {case.name}, concurrency 16: predictor's throughput against each peer: "
+                + ", ".join(ratios)
+                + "."
+            )
         beaten = []
-        levels = sorted({r["concurrency"] for r in rows if r["model"] == case.name})
-        for concurrency in levels:
-            ours_row = at(case.name, "predictor", concurrency)
-            if ours_row is None:
+        for other in mine:
+            ours_row = at(case.name, "predictor", other["concurrency"])
+            if ours_row is None or other["contender"] in ("predictor", "offline"):
                 continue
-            for who in ("mms", "naive"):
-                other = at(case.name, who, concurrency)
-                if other and other["throughput_rps"] > ours_row["throughput_rps"]:
-                    beaten.append(
-                        f"{who} at concurrency {concurrency} "
-                        f"({other['throughput_rps']:.2f} vs {ours_row['throughput_rps']:.2f})"
-                    )
-        if levels:
+            if other["throughput_rps"] > ours_row["throughput_rps"]:
+                beaten.append(
+                    f"{row_label(other)} at concurrency {other['concurrency']} "
+                    f"({other['throughput_rps']:.2f} vs {ours_row['throughput_rps']:.2f})"
+                )
+        if mine:
             lines.append(
                 f"- {case.name}: no contender faster than predictor at any concurrency: "
                 + ("met." if not beaten else "NOT met: " + ", ".join(beaten) + ".")
             )
-        ours16 = at(case.name, "predictor", 16)
         limit = find(rows, model=case.name, contender="offline", dtype="float32")
         if ours16 and limit:
             efficiency = ours16["throughput_rps"] / limit["throughput_rps"]
@@ -444,32 +554,65 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_section(
-    rows: list[dict[str, Any]], details: dict[str, Any], meta: dict[str, Any]
-) -> str:
-    """The BENCHMARKS.md section: set-up, one table per model, the targets."""
-    lines = [
-        "## Side by side: predictor, MXNet Model Server, a naive server, the offline limit",
-        "",
+def peer_versions() -> str:
+    """The peers' releases, as pinned for their venvs: "MMS 1.1.11, TorchServe 0.12.0, ..."."""
+    names = {
+        "mms": "MMS",
+        "torchserve": "TorchServe",
+        "bentoml": "BentoML",
+        "rayserve": "Ray Serve",
+    }
+    return ", ".join(
+        f"{names[name]} {server.venv.packages[0].split('==')[1]}" for name, server in PEERS.items()
+    )
+
+
+def method_text(meta: dict[str, Any]) -> str:
+    """The set-up paragraph of the section: what ran, how, with which settings."""
+    model_code = (
+        "The naive server and the peers run the checkpoint as MXNet's documentation shows "
+        "(`bench/plain_model.py`: `SymbolBlock.imports`, hybridized with static memory), "
+        "predictor with its load-time graph rewrites (`predictor/runtime/graph.py`). "
+        if meta["baseline_model"] == "plain"
+        else "The naive server and the peers run the checkpoint through predictor's own model "
+        "code, graph rewrites included. "
+    )
+    return (
         f"Measured {meta['date']} with `{meta['command']}` on {meta['machine']}: "
         f"{meta['photos']} JPEGs from 640x480 to 4000x3000, the same for every contender; "
         "closed-loop clients in the benchmark's own process, each server alone in its own "
-        "process on loopback, after a warm-up. predictor and MMS batch up to the best offline "
-        f"batch size with a {BATCH_DELAY_MS} ms delay; MMS 1.1.11 (Java 17) runs "
-        f"{os.cpu_count() or 1} workers (one per core, its default) "
-        "with `bench/mms_handler.py`; the naive server runs one synchronous forward per "
-        "request (`bench/naive_server.py`). Both use predictor's decoding and detection code; "
-        + (
-            "they run the checkpoint as MXNet's documentation shows (`bench/plain_model.py`: "
-            "`SymbolBlock.imports`, hybridized with static memory), predictor with its "
-            "load-time graph rewrites (`predictor/runtime/graph.py`). "
-            if meta["baseline_model"] == "plain"
-            else "they run the checkpoint through predictor's own model code, graph rewrites "
-            "included, so only the serving machinery differs. "
-        )
+        "process (tree) on loopback, after a warm-up. predictor and the peers batch up to the "
+        f"best offline batch size: predictor, MMS and TorchServe wait at most {BATCH_DELAY_MS} ms "
+        f"for a batch, Ray Serve's `@serve.batch` {BATCH_DELAY_MS} ms (`batch_wait_timeout_s`), "
+        "BentoML's adaptive batcher decides its own wait (it has no delay setting). Peers "
+        f"({peer_versions()}) each run in their own venv under `bench/.work`, started and "
+        f"stopped by the benchmark, with {os.cpu_count() or 1} model replicas (one per core: "
+        "MMS's and TorchServe's default workers, BentoML's `workers` and Ray Serve's "
+        "`num_replicas`); MMS and TorchServe run `bench/model_server_handler.py`, BentoML "
+        "`bench/bentoml_service.py` (files uploaded as multipart/form-data, as its image APIs "
+        "take them), Ray Serve `bench/rayserve_app.py`. The naive server runs one synchronous "
+        "forward per request (`bench/naive_server.py`). Two views of every peer "
+        "(`bench/peer_handler.py`): **same handler**, where it calls predictor's decoding and "
+        "post-processing; **as deployed**, where it decodes at full size and resizes with the "
+        "library of its own object-detection example (MMS: `mx.image.imdecode` + "
+        "`mx.image.imresize`; TorchServe and Ray Serve: `PIL.Image.open` + bilinear resize; "
+        "BentoML: `cv2.imdecode` + `cv2.resize`). "
+        + model_code
         + "Offline: predictor's decode + forward without HTTP, the best of batch sizes and "
         "serial or overlapped decoding, that best re-measured on its own (p50 there = one "
-        "image alone).",
+        "image alone)."
+    )
+
+
+def render_section(
+    rows: list[dict[str, Any]], details: dict[str, Any], meta: dict[str, Any]
+) -> str:
+    """The BENCHMARKS.md section: set-up, one table per model and view, the targets."""
+    lines = [
+        "## Side by side: predictor, the model servers of its field, a naive server, "
+        "the offline limit",
+        "",
+        method_text(meta),
         "",
         "![throughput and latency vs concurrency](bench/compare.png)",
         "",
@@ -491,37 +634,62 @@ def render_section(
             + (
                 f" predictor and its offline limit run with "
                 f"`MODEL_CPU_THREADS={detail['cpu_threads']}` (every core: its documented "
-                "setting for a forward-bound network); MMS and the naive server run MXNet's "
-                "default, half the CPUs, as they do out of the box."
+                "setting for a forward-bound network); the naive server and the peers run "
+                "MXNet's default threads, as they do out of the box."
                 if detail.get("cpu_threads")
                 else ""
             ),
             "",
-            "| concurrency | contender | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
-            "|---:|---|---:|---:|---:|---:|",
         ]
-        for concurrency in detail["levels"]:
-            for who in (*CONTENDERS, "offline"):
-                row = find(rows, model=model, contender=who, dtype=dtype, concurrency=concurrency)
-                if row is None:
-                    continue
-                count = (
-                    detail.get(who, {}).get(str(concurrency), {}).get("requests", "")
-                    if who != "offline"
-                    else ""
-                )
-                p99 = "" if row["p99_ms"] is None else f"{row['p99_ms']:.1f}"
-                lines.append(
-                    f"| {concurrency} | {who} | {count} | {row['throughput_rps']:.2f} | "
-                    f"{row['p50_ms']:.1f} | {p99} |"
-                )
-        lines.append("")
+        mine = [r for r in rows if (r["model"], r["dtype"]) == (model, dtype)]
+        for view in VIEWS[::-1]:  # same_handler first: the comparison issue 17 began with
+            others = [r for r in mine if r.get("view") == view and r["contender"] in PEERS]
+            if view == "same_handler":
+                others += [r for r in mine if r["contender"] == "naive"]
+            if not others:
+                continue
+            lines += [
+                f"{VIEW_TITLES[view]}:",
+                "",
+                "| concurrency | contender | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
+                "|---:|---|---:|---:|---:|---:|",
+            ]
+            for concurrency in detail["levels"]:
+                chosen = [r for r in mine if r["contender"] == "predictor"] + others
+                if view == "same_handler":
+                    chosen += [r for r in mine if r["contender"] == "offline"]
+                order = {name: index for index, name in enumerate((*CONTENDERS, "offline"))}
+                chosen.sort(key=lambda r: order[r["contender"]])
+                for row in (r for r in chosen if r["concurrency"] == concurrency):
+                    label = row_label(row)
+                    count = (
+                        detail.get(contender_key(row), {})
+                        .get(str(concurrency), {})
+                        .get("requests", "")
+                        if row["contender"] != "offline"
+                        else ""
+                    )
+                    p99 = "" if row["p99_ms"] is None else f"{row['p99_ms']:.1f}"
+                    lines.append(
+                        f"| {concurrency} | {label} | {count} | {row['throughput_rps']:.2f} | "
+                        f"{row['p50_ms']:.1f} | {p99} |"
+                    )
+            lines.append("")
     lines += ["Targets (float32):", "", *verdicts(rows), ""]
     return "\n".join(lines)
 
 
+def contender_key(row: dict[str, Any]) -> str:
+    """The key of a row's contender in the run's details (`Contender`'s text)."""
+    return str(Contender(row["contender"], row.get("view", "same_handler")))
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Throughput, p50 and p99 against concurrency: one row of panels per model and dtype."""
+    """Throughput, p50 and p99 against concurrency: one row of panels per model and dtype.
+
+    One colour per contender; a peer's same-handler view is a solid line, its
+    as-deployed view a dotted one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -531,28 +699,36 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(len(keys), 3, figsize=(15, 4 * len(keys)), squeeze=False)
     styles: dict[str, dict[str, Any]] = {
         "predictor": {"color": "tab:blue", "marker": "o"},
-        "mms": {"color": "tab:orange", "marker": "s"},
         "naive": {"color": "tab:green", "marker": "^"},
+        "mms": {"color": "tab:orange", "marker": "s"},
+        "torchserve": {"color": "tab:red", "marker": "D"},
+        "bentoml": {"color": "tab:purple", "marker": "v"},
+        "rayserve": {"color": "tab:brown", "marker": "P"},
         "offline": {"color": "black", "linestyle": "--"},
     }
     for line, (model, dtype) in enumerate(keys):
         for who, style in styles.items():
-            mine = sorted(
-                (
-                    r
-                    for r in rows
-                    if (r["model"], r["dtype"], r["contender"]) == (model, dtype, who)
-                ),
-                key=lambda r: r["concurrency"],
-            )
-            if not mine:
-                continue
-            xs = [r["concurrency"] for r in mine]
-            for column, field in enumerate(("throughput_rps", "p50_ms", "p99_ms")):
-                ys = [r[field] for r in mine]
-                if any(y is None for y in ys):
+            for view in VIEWS:
+                mine = sorted(
+                    (
+                        r
+                        for r in rows
+                        if (r["model"], r["dtype"], r["contender"], r.get("view"))
+                        == (model, dtype, who, view)
+                    ),
+                    key=lambda r: r["concurrency"],
+                )
+                if not mine:
                     continue
-                axes[line][column].plot(xs, ys, label=who, **style)
+                look = dict(style)
+                if view == "as_deployed" and who in PEERS:
+                    look["linestyle"] = ":"
+                xs = [r["concurrency"] for r in mine]
+                for column, field in enumerate(("throughput_rps", "p50_ms", "p99_ms")):
+                    ys = [r[field] for r in mine]
+                    if any(y is None for y in ys):
+                        continue
+                    axes[line][column].plot(xs, ys, label=row_label(mine[0]), **look)
         for column, title in enumerate(("throughput (req/s)", "p50 latency (ms)", "p99 (ms)")):
             axis = axes[line][column]
             axis.set_xscale("log", base=2)
@@ -565,7 +741,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             else:
                 axis.set_ylim(bottom=0)
             axis.grid(True, alpha=0.3)
-            axis.legend(fontsize=8)
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -576,13 +752,18 @@ def main() -> None:
     parser.add_argument(
         "--models", default="small,coco,resnet50", help="comma-separated: small, coco, resnet50"
     )
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)}; a peer is measured in both "
+        f"views unless one is named, e.g. torchserve:as_deployed ({', '.join(VIEWS)})",
+    )
     parser.add_argument("--int8", action="store_true", help="also the int8 shipped model")
     parser.add_argument(
         "--baseline-model",
         choices=MODEL_CODES,
         default="plain",
-        help="how MMS and the naive server run the checkpoint (bench/plain_model.py)",
+        help="how the peers and the naive server run the checkpoint (bench/plain_model.py)",
     )
     parser.add_argument(
         "--calib", type=Path, default=ROOT / "build" / "datasets" / "train", help="for --int8"
@@ -597,7 +778,10 @@ def main() -> None:
 
     cases = {"small": SMALL, "coco": COCO, "resnet50": RESNET}
     chosen = [cases[name.strip()] for name in args.models.split(",") if name.strip()]
-    contenders = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+    try:
+        contenders = parse_contenders(args.contenders)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.smoke:
         chosen = [shrink(case) for case in chosen]
     files = make_photos(WORK / "photos", args.photos)
@@ -613,7 +797,13 @@ def main() -> None:
         ensure_int8(args.calib, args.calib_images)
         small = next(case for case in chosen if case.name == SMALL.name)
         rows += measure_case(
-            small, INT8_PREFIX, "int8", files, ("predictor",), details, args.baseline_model
+            small,
+            INT8_PREFIX,
+            "int8",
+            files,
+            (Contender("predictor", OWN_VIEW["predictor"]),),
+            details,
+            args.baseline_model,
         )
     command = "make bench-compare" if not args.smoke else "python -m bench.compare --smoke"
     if args.baseline_model != "plain":

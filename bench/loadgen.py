@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -50,6 +51,17 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
+def post(
+    session: aiohttp.ClientSession, url: str, body: bytes, form_field: str | None = None
+) -> Any:
+    """One JPEG POSTed as the raw body, or uploaded in ``form_field`` of a multipart form."""
+    if form_field is None:
+        return session.post(url, data=body, headers={"Content-Type": "image/jpeg"})
+    form = aiohttp.FormData()
+    form.add_field(form_field, body, filename="photo.jpg", content_type="image/jpeg")
+    return session.post(url, data=form)
+
+
 async def drive(
     url: str,
     bodies: Sequence[bytes],
@@ -57,18 +69,21 @@ async def drive(
     requests: int,
     time_limit_s: float,
     timeout_s: float = 60.0,
+    form_field: str | None = None,
 ) -> LoadResult:
     """POST ``requests`` bodies from ``concurrency`` clients, stopping at ``time_limit_s``.
 
-    A request that gets no answer within ``timeout_s`` (or whose connection
-    fails) is counted under status 0 and the client goes on.
+    Each JPEG is the raw body (``Content-Type: image/jpeg``), or with
+    ``form_field`` an upload in that field of a multipart/form-data body, for
+    servers that take files. A request that gets no answer within
+    ``timeout_s`` (or whose connection fails) is counted under status 0 and
+    the client goes on.
     """
     result = LoadResult(concurrency=concurrency, wall_s=0.0)
     counter = itertools.count()
     deadline = time.monotonic() + time_limit_s
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    headers = {"Content-Type": "image/jpeg"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client() -> None:
@@ -79,7 +94,7 @@ async def drive(
                 body = bodies[index % len(bodies)]
                 started = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=headers) as response:
+                    async with post(session, url, body, form_field) as response:
                         await response.read()
                         status = response.status
                 except (aiohttp.ClientError, TimeoutError):

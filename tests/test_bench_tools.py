@@ -2,24 +2,48 @@
 
 The baselines of `make bench-compare` must compute what predictor computes
 (or the comparison would be of different work), and pooled load runs must
-add up.
+add up. The peers' pure parts are tested here (contenders and views, rows,
+the BENCHMARKS section, the handler's two views in-process, stopping a
+process tree); the peer servers themselves (Java, BentoML, Ray) are too slow
+to start in `make test`: `python -m bench.peer_check` starts each one.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pytest
+from aiohttp import web
 
-from bench.loadgen import LoadResult
+from bench.compare import (
+    CONTENDERS,
+    PEERS,
+    SMALL,
+    Contender,
+    ModelCase,
+    find,
+    offline_rows,
+    parse_contenders,
+    render_section,
+    rows_for,
+    shrink,
+)
+from bench.loadgen import LoadResult, drive
+from bench.peer_check import compare_answers
+from bench.peer_handler import HandlerConfig, PeerDetector, decode_as_deployed
+from bench.peer_venv import PeerProcess
 from bench.plain_model import PlainDetector, load_baseline_model
 from predictor.detections import to_detections
 from predictor.runtime.imaging import prepare
 from predictor.runtime.model import Detector
 
-from .conftest import SMALL_EDGE, encode_jpeg, scene
+from .conftest import REPO_ROOT, SMALL_EDGE, encode_jpeg, scene
 
 
 def test_the_plain_baseline_finds_what_predictor_finds(
@@ -58,3 +82,228 @@ def test_pooled_runs_add_requests_and_wall_time() -> None:
     assert pooled.throughput_rps == pytest.approx(3 / 5.0)
     assert pooled.percentile_ms(50) == 20.0
     assert first.latencies_ms == [10.0, 20.0]  # the runs themselves are unchanged
+
+
+# ------------------------------------------------------------ the peers of bench-compare
+
+
+def test_contenders_are_parsed_with_their_views() -> None:
+    parsed = parse_contenders("predictor, mms, torchserve:as_deployed,naive,mms")
+    assert [(c.name, c.view) for c in parsed] == [
+        ("predictor", "as_deployed"),
+        ("mms", "as_deployed"),
+        ("mms", "same_handler"),
+        ("torchserve", "as_deployed"),
+        ("naive", "same_handler"),
+    ]
+    assert [str(c) for c in parsed] == [
+        "predictor",
+        "mms:as_deployed",
+        "mms:same_handler",
+        "torchserve:as_deployed",
+        "naive",
+    ]
+    every = parse_contenders(",".join(CONTENDERS))
+    assert len(every) == 2 + 2 * len(PEERS)
+    assert {c.name for c in every} == {
+        "predictor",
+        "naive",
+        "mms",
+        "torchserve",
+        "bentoml",
+        "rayserve",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("triton", "contender 'triton': expected one of"),
+        ("naive:as_deployed", "naive has no view 'as_deployed'"),
+        ("predictor:same_handler", "predictor has no view 'same_handler'"),
+        ("bentoml:fast", "bentoml has no view 'fast'"),
+        (" , ", "no contender given"),
+    ],
+)
+def test_unknown_contenders_and_views_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_contenders(text)
+
+
+def _results(concurrency: int, rps: float) -> LoadResult:
+    return LoadResult(
+        concurrency, 10.0, [100.0, 200.0] * int(rps * 5), Counter({200: int(rps * 10)})
+    )
+
+
+def _rows(case: ModelCase) -> list[dict[str, Any]]:
+    """Rows of a run: predictor, naive, MMS in both views, Ray Serve as deployed, offline."""
+    rates = {
+        Contender("predictor", "as_deployed"): 20.0,
+        Contender("naive", "same_handler"): 10.0,
+        Contender("mms", "same_handler"): 16.0,
+        Contender("mms", "as_deployed"): 8.0,
+        Contender("rayserve", "as_deployed"): 25.0,
+    }
+    rows = offline_rows(case, "float32", {"limit_rps": 30.0, "single_image_ms": 33.0})
+    for who, rps in rates.items():
+        rows += rows_for(case, who, "float32", [_results(c, rps) for c in case.levels])
+    return rows
+
+
+def test_rows_keep_their_schema_and_say_their_view() -> None:
+    case = shrink(SMALL)
+    rows = _rows(case)
+    fields = {"model", "contender", "view", "dtype", "concurrency", "throughput_rps"}
+    assert all(set(row) == fields | {"p50_ms", "p99_ms"} for row in rows)
+    views = {(row["contender"], row["view"]) for row in rows}
+    assert views == {
+        ("offline", "same_handler"),
+        ("predictor", "as_deployed"),
+        ("naive", "same_handler"),
+        ("mms", "same_handler"),
+        ("mms", "as_deployed"),
+        ("rayserve", "as_deployed"),
+    }
+    mms = find(rows, contender="mms", view="as_deployed", concurrency=1)
+    assert mms is not None and mms["throughput_rps"] == pytest.approx(8.0)
+
+
+def test_the_section_has_a_table_per_view_with_predictor_in_both() -> None:
+    case = shrink(SMALL)
+    rows = _rows(case)
+    counts = {str(c): 1 for c in parse_contenders(",".join(CONTENDERS))}
+    detail = {
+        "offline": {"limit_rps": 30.0, "limit_mode": "serial, batch 4"},
+        "batch": 4,
+        "levels": case.levels,
+        "time_limit_s": 5.0,
+        "rounds": 2,
+        "cpu_threads": None,
+        **{who: {str(c): {"requests": n} for c in case.levels} for who, n in counts.items()},
+    }
+    meta = {
+        "date": "2026-12-01",
+        "command": "x",
+        "machine": "m",
+        "photos": 3,
+        "baseline_model": "plain",
+    }
+    text = render_section(rows, {f"{case.name}/float32": detail}, meta)
+    same, deployed = text.split("Same handler:")[1].split("As deployed:")
+    assert "| 1 | predictor | 1 | 20.00 |" in same and "| 1 | predictor | 1 | 20.00 |" in deployed
+    assert "| 1 | mms (same handler) | 1 | 16.00 |" in same
+    assert "| 1 | naive | 1 | 10.00 |" in same and "naive" not in deployed.split("Targets")[0]
+    assert "| 1 | offline |  | 30.00 |" in same and "offline |" not in deployed
+    assert "| 1 | mms (as deployed) | 1 | 8.00 |" in deployed
+    assert "| 1 | rayserve (as deployed) | 1 | 25.00 |" in deployed
+    assert "TorchServe 0.12.0" in text and "Ray Serve 2.60.0" in text
+    # predictor 20 req/s against MMS's 16 with the same handler, and Ray Serve's 25 beats it.
+    targets = text.split("Targets (float32):")[1]
+    assert "NOT met: rayserve (as deployed) at concurrency 1 (25.00 vs 20.00)" in targets
+
+
+def test_handler_configuration_round_trips_and_refuses_unknown_views(tmp_path: Path) -> None:
+    config = HandlerConfig(
+        repo_root="/repo", prefix="ssd", edge=300, batch_size=4, view="as_deployed"
+    )
+    config.write(tmp_path / "handler_config.json")
+    read = HandlerConfig.read(tmp_path / "handler_config.json")
+    assert read == replace(config, prefix=str(tmp_path / "ssd"))
+    with pytest.raises(ValueError, match="view 'both'"):
+        HandlerConfig(repo_root="/", prefix="p", edge=1, batch_size=1, view="both")
+    with pytest.raises(ValueError, match="decoder 'turbo'"):
+        HandlerConfig(repo_root="/", prefix="p", edge=1, batch_size=1, decoder="turbo")
+
+
+@pytest.mark.parametrize("decoder", ["mxnet", "pil", "opencv"])
+def test_each_as_deployed_decoder_gives_bgr_pixels_at_the_asked_size(decoder: str) -> None:
+    image = scene(3, 640, 480)
+    pixels, size = decode_as_deployed(
+        encode_jpeg(image, 95), decoder, lambda w, h: (w // 2, h // 2)
+    )
+    assert size == (640, 480)
+    assert pixels.shape == (240, 320, 3) and pixels.dtype == np.uint8
+    reference = cv2.resize(image, (320, 240), interpolation=cv2.INTER_LINEAR).astype(np.int16)
+    # The same picture, channels in OpenCV's order: the libraries' resizes differ only slightly.
+    assert np.abs(pixels.astype(np.int16) - reference).mean() < 4
+
+
+def test_peer_detector_views_find_what_predictor_finds(
+    small_model_prefix: Path, detectors: list[Detector]
+) -> None:
+    bodies = [encode_jpeg(scene(seed, 1280, 720)) for seed in range(3)] + [b"not a jpeg"]
+    config = HandlerConfig(str(REPO_ROOT), str(small_model_prefix), SMALL_EDGE, 4)
+    same = PeerDetector(config).detect(bodies)
+    deployed = PeerDetector(replace(config, view="as_deployed", decoder="pil")).detect(bodies)
+    ours = detectors[0]
+    for body, a, b in zip(bodies[:3], same, deployed, strict=False):
+        image = prepare(body, ours.preprocessing, 2**31 - 1)
+        (raw,) = ours.forward([image.tensor])
+        expected = {
+            "prediction": [
+                d.to_json() for d in to_detections(raw, image.placement, ours.classes, 0.5)
+            ]
+        }
+        assert compare_answers(expected, a) is None
+        assert [d["objectClass"] for d in b["prediction"]] == [
+            d["objectClass"] for d in expected["prediction"]
+        ]
+    assert "error" in same[3] and "error" in deployed[3]
+
+
+def test_answers_compare_by_class_box_and_probability() -> None:
+    one = {"objectClass": "7", "probability": 0.9, "x": 10, "y": 20, "width": 30, "height": 40}
+    assert compare_answers({"prediction": [one]}, {"prediction": [dict(one, x=12)]}) is None
+    assert "3 px" in str(compare_answers({"prediction": [one]}, {"prediction": [dict(one, x=13)]}))
+    assert "probability" in str(
+        compare_answers({"prediction": [one]}, {"prediction": [dict(one, probability=0.8)]})
+    )
+    assert "classes" in str(compare_answers({"prediction": [one]}, {"prediction": []}))
+    assert "no prediction" in str(compare_answers({"prediction": [one]}, {"error": "x"}))
+
+
+def test_a_peer_process_tree_is_stopped_whole(tmp_path: Path) -> None:
+    # A command that starts two children, one of which ignores SIGTERM: SIGKILL ends it.
+    script = "sleep 60 & (trap '' TERM; sleep 60) & wait"
+    process = PeerProcess(["bash", "-c", script], cwd=tmp_path, env={}, log=tmp_path / "log")
+    deadline = time.monotonic() + 10
+    while len(process.members()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    members = process.members()
+    assert len(members) >= 3
+    assert process.stop(grace_s=0.5, term_s=0.5) == []
+    assert not any(Path(f"/proc/{pid}").exists() and _running(pid) for pid in members)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_loadgen_uploads_a_multipart_file_for_servers_that_take_files(
+    aiohttp_server: Any,
+) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            field = form["images"]
+            assert isinstance(field, web.FileField)
+            seen.append(("form", field.file.read()))
+        else:
+            seen.append((request.content_type, await request.read()))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/predict", handler)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/predict"))
+    raw = await drive(url, [b"one"], 1, 1, 10.0)
+    form = await drive(url, [b"two"], 1, 1, 10.0, form_field="images")
+    assert raw.ok == 1 and form.ok == 1
+    assert seen == [("image/jpeg", b"one"), ("form", b"two")]

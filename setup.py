@@ -28,7 +28,8 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "gpu": ["mxnet-cu112==1.9.1"],
         # Exporting model-zoo networks and training need GluonCV.
-        "train": ["gluoncv==0.10.5.post0", "matplotlib", "scipy", "pandas"],
+        # Pillow draws the typeset digits of the synthetic scenes (predictor.data.fonts).
+        "train": ["gluoncv==0.10.5.post0", "matplotlib", "scipy", "pandas", "Pillow"],
         "dev": [
             "pytest",
             "pytest-aiohttp",

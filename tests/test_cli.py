@@ -222,3 +222,17 @@ def test_export_random_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None
     assert all(np.isfinite(o.scores).all() and np.isfinite(o.boxes).all() for o in outputs)
     assert not np.allclose(outputs[0].scores, outputs[1].scores)
     detector.close()
+
+
+def test_the_server_needs_no_training_library() -> None:
+    """The runtime image has no Pillow, GluonCV or matplotlib: `predictor` must start without."""
+    code = (
+        "import sys, predictor.cli, predictor.data\n"
+        "predictor.cli.build_parser()\n"
+        "loaded = sorted({'PIL', 'gluoncv', 'matplotlib', 'skimage'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr

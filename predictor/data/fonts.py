@@ -17,12 +17,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
 
 from predictor.data.errors import MissingAssetError
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
 
 FONT_ROOT = Path("/usr/share/fonts")
 
@@ -102,6 +105,8 @@ RENDER_EM = 128
 def render_text(text: str, font_file: Path) -> NDArray[np.uint8]:
     """``text`` drawn white (255) on black in one font at `RENDER_EM`, without anti-aliasing."""
     font = _font(str(font_file))
+    from PIL import Image, ImageDraw
+
     left, top, right, bottom = (round(v) for v in font.getbbox(text))
     pad = 2
     canvas = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
@@ -116,4 +121,12 @@ def render_text(text: str, font_file: Path) -> NDArray[np.uint8]:
 
 @functools.lru_cache(maxsize=256)
 def _font(path: str) -> ImageFont.FreeTypeFont:
+    # Pillow comes with the training extras; the server's runtime image has none, and
+    # needs none: only typeset scenes (styles `train` and `withheld`) draw with it.
+    try:
+        from PIL import ImageFont
+    except ImportError:
+        raise MissingAssetError(
+            "drawing typeset digits needs Pillow: pip install 'predictor[train]'"
+        ) from None
     return ImageFont.truetype(path, RENDER_EM)

@@ -73,6 +73,11 @@ API_KEY              (unset)                  when set, detection requests need
                                               at least 16 visible ASCII characters
 METRICS_REQUIRE_KEY  false                    true: /metrics needs the API key too
                                               (requires API_KEY)
+MEMORY_TRIM_INTERVAL_S
+                     10                       how often the server collects cyclic garbage
+                                              and gives the C heap's free pages back to
+                                              the system (seconds; 0: never); see
+                                              predictor/runtime/memory.py
 LOG_LEVEL            INFO                     DEBUG, INFO, WARNING or ERROR
 """
 
@@ -177,6 +182,8 @@ class Settings:
     # repr=False: the key must never reach a log line, an error message or a traceback.
     api_key: str | None = field(default=None, repr=False)
     metrics_require_key: bool = False
+    # The periodic collection and malloc_trim (predictor/runtime/memory.py); 0: never.
+    memory_trim_interval_s: float = 10.0
     log_level: str = "INFO"
 
     @classmethod
@@ -268,6 +275,9 @@ class Settings:
             max_connections=reader.get("MAX_CONNECTIONS", _int_in(1, 1_000_000), 1000),
             api_key=api_key,
             metrics_require_key=metrics_require_key,
+            memory_trim_interval_s=reader.get(
+                "MEMORY_TRIM_INTERVAL_S", _float_in(0.0, 86_400.0), 10.0
+            ),
             log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),
         )
 

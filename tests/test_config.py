@@ -66,6 +66,7 @@ def test_every_variable_is_read() -> None:
             "MAX_CONNECTIONS": "500",
             "API_KEY": "0123456789abcdef-key",
             "METRICS_REQUIRE_KEY": "true",
+            "MEMORY_TRIM_INTERVAL_S": "2.5",
             "LOG_LEVEL": "debug",
         }
     )
@@ -89,6 +90,7 @@ def test_every_variable_is_read() -> None:
     assert (settings.keepalive_timeout_s, settings.max_connections) == (61.0, 500)
     assert settings.api_key == "0123456789abcdef-key"
     assert settings.metrics_require_key is True
+    assert settings.memory_trim_interval_s == 2.5
     assert settings.log_level == "DEBUG"
 
 
@@ -99,6 +101,8 @@ def test_robustness_defaults() -> None:
     assert settings.api_key is None and settings.metrics_require_key is False
     assert settings.preprocess_nice == 10
     assert settings.model_cpu_threads is None  # MXNet's own default
+    assert settings.memory_trim_interval_s == 10.0
+    assert Settings.from_env({"MEMORY_TRIM_INTERVAL_S": "0"}).memory_trim_interval_s == 0.0
 
 
 @pytest.mark.parametrize(
@@ -147,6 +151,8 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("PREPROCESS_NICE", "low"),
         ("MODEL_CPU_THREADS", "0"),
         ("MODEL_CPU_THREADS", "all"),
+        ("MEMORY_TRIM_INTERVAL_S", "-1"),
+        ("MEMORY_TRIM_INTERVAL_S", "often"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

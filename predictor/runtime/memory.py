@@ -26,7 +26,8 @@ data:
   are freed;
 - `settle_heap` (once the models are warm) freezes the start-up heap, so
   that later collections look only at what requests allocate;
-- `release_free_memory`, which the server calls every `TRIM_INTERVAL_S` on a
+- `release_free_memory`, which the server calls every
+  ``MEMORY_TRIM_INTERVAL_S`` (`Settings.memory_trim_interval_s`, 10 s) on a
   worker thread, collects cyclic garbage and then returns the free pages
   inside the arenas (``malloc_trim(0)``: glibc >= 2.8 trims the whole heap,
   not only its top).
@@ -50,8 +51,6 @@ _M_MMAP_THRESHOLD = -3
 # Blocks of this size and more are mmapped: every photo-sized buffer, and
 # few enough that the system calls do not show (a few per request).
 MMAP_THRESHOLD_BYTES = 256 * 1024
-# How often the server gives the arenas' free pages back to the system.
-TRIM_INTERVAL_S = 10.0
 
 
 @cache

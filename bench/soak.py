@@ -95,11 +95,13 @@ SAMPLE_EVERY_S = 1.0
 # core), waiting IDLE_TIMEOUT_S at most.
 IDLE_WINDOW_S = 1.0
 IDLE_CPU_S = 0.05
-IDLE_TIMEOUT_S = 60.0
+IDLE_TIMEOUT_S = 30.0
 # Then it must finish one periodic trim (its interval plus this much, at most);
 # a server that does not trim (MEMORY_TRIM_INTERVAL_S=0) is left alone for REST_S.
 TRIM_MARGIN_S = 5.0
 REST_S = 12.0
+# Longer than any rest (IDLE_TIMEOUT_S + the trim's interval + TRIM_MARGIN_S).
+CLIENT_KEEPALIVE_S = 60.0
 # The server's own default (predictor.config.Settings.memory_trim_interval_s).
 DEFAULT_TRIM_INTERVAL_S = 10.0
 _TRIMS = re.compile(r"^predictor_memory_trims_total\s+([0-9.e+]+)$", re.MULTILINE)
@@ -566,9 +568,11 @@ async def drive(
         )
 
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=clients), timeout=timeout
-    ) as session:
+    # The clients' connections stay open through a rest (aiohttp's own default closes
+    # them after 15 s idle, which a rest can reach: a reused connection could then be
+    # closing under a request); below the server's KEEPALIVE_TIMEOUT_S, 75 s.
+    connector = aiohttp.TCPConnector(limit=clients, keepalive_timeout=CLIENT_KEEPALIVE_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client(limit: int) -> None:
             nonlocal next_index, done

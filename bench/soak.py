@@ -574,13 +574,9 @@ async def drive(
     connector = aiohttp.TCPConnector(limit=clients, keepalive_timeout=CLIENT_KEEPALIVE_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def client(limit: int) -> None:
+        async def client(limit: int, closing: bool = False) -> None:
             nonlocal next_index, done
             while next_index < limit and time.monotonic() < deadline:
-                # The last requests before a rest are the same every time (the mix's
-                # first photo): what the server still holds from its last batch at
-                # rest then does not depend on where in the mix the pause fell.
-                closing = next_index >= limit - clients
                 case = mix[0] if closing else mix[next_index % len(mix)]
                 next_index += 1
                 async with session.post(
@@ -601,7 +597,12 @@ async def drive(
         async def run(limit: int) -> None:
             began = time.monotonic()
             sampling = asyncio.create_task(sampler())
-            await asyncio.gather(*(client(limit) for _ in range(clients)))
+            closing_from = max(next_index, limit - clients)
+            await asyncio.gather(*(client(closing_from) for _ in range(clients)))
+            # The last requests before a rest are the same every time: the mix's first
+            # photo, one at a time (the last forward passes are of one image), so that
+            # what they leave allocated does not depend on where the pause fell.
+            await client(limit, closing=True)
             sampling.cancel()
             report.load_s += time.monotonic() - began
 

@@ -19,10 +19,12 @@ MXNet's per-shape memory plans fill. After it, and then every
 RSS is read *at rest*: once the server has used no CPU for a second (every
 answer written, nothing left to do) and has run its periodic collection and
 trim (``predictor_memory_trims_total`` on /metrics went up; a server that
-does not trim is given `REST_S`). At rest the RSS is what the server keeps;
-under load (sampled once a second) it also holds the bodies, photos and
-tensors of the requests in flight, tens of MiB that come and go with the
-load's level. Memory is flat when, after the warm-up,
+does not trim is given `REST_S`); the last ``--clients`` requests before
+each rest are the mix's first photo, one at a time, so that what the last
+forward passes leave allocated is the same at every rest. At rest the RSS
+is what the server keeps; under load (sampled once a second) it also holds
+the bodies, photos and tensors of the requests in flight, tens of MiB that
+come and go with the load's level. Memory is flat when, after the warm-up,
 
 - the RSS at rest ends within ``--max-growth`` (2 %) of where it started, and
 - the least-squares slope of the RSS at rest over the requests is under
@@ -830,7 +832,8 @@ def write_section(
             "",
             "At rest means: the traffic paused, the server idle (less than "
             f"{IDLE_CPU_S * 1000:g} ms of CPU in {IDLE_WINDOW_S:g} s) and one periodic "
-            "collection and trim done since; it is read after the warm-up, every "
+            "collection and trim done since, the last requests before it the same photo "
+            "one at a time; it is read after the warm-up, every "
             f"{report.rest_every:,} requests and after the last one, and the judged slope "
             "is the least-squares fit of those points. RSS at rest (MiB): "
             + ", ".join(

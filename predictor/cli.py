@@ -21,7 +21,7 @@ from predictor.config import Settings, parse_probability
 from predictor.convert.cli import add_convert_parser
 from predictor.data.cli import add_data_parser
 from predictor.errors import CheckpointError, ConfigError, PredictorError
-from predictor.runtime.memory import settle_heap, tune_allocator
+from predictor.runtime.memory import configure_temp_space, settle_heap, tune_allocator
 from predictor.runtime.threads import configure_openmp
 from predictor.training.config import TrainConfig
 
@@ -247,6 +247,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if settings.model_cpu_threads is not None:
         configure_openmp(settings.model_cpu_threads)
+    configure_temp_space(settings.cpu_temp_workspaces)
     _configure_logging(settings.log_level)
     from predictor.http.server import serve
 

@@ -34,6 +34,11 @@ MODEL_CPU_REPLICAS   1                        model replicas on the CPU (not wit
 MODEL_CPU_THREADS    (MXNet's: half the CPUs) OpenMP threads of each CPU forward pass;
                                               the cores for a network whose forward pass
                                               is most of the work (see predictor/runtime/threads.py)
+MXNET_CPU_TEMP_COPY  MODEL_CPU_REPLICAS       MXNet's own variable: how many temporary
+                     (MXNet's default: 4)     workspaces its CPU operators share; each
+                                              grows to the largest scratch asked of it
+                                              and keeps it. One per forward pass that
+                                              may run at once (predictor/runtime/memory.py)
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
                                               mixed precision, AMP)
@@ -73,6 +78,11 @@ API_KEY              (unset)                  when set, detection requests need
                                               at least 16 visible ASCII characters
 METRICS_REQUIRE_KEY  false                    true: /metrics needs the API key too
                                               (requires API_KEY)
+MEMORY_TRIM_INTERVAL_S
+                     10                       how often the server collects cyclic garbage
+                                              and gives the C heap's free pages back to
+                                              the system (seconds; 0: never); see
+                                              predictor/runtime/memory.py
 LOG_LEVEL            INFO                     DEBUG, INFO, WARNING or ERROR
 """
 
@@ -157,6 +167,8 @@ class Settings:
     devices: DeviceSpec = field(default_factory=DeviceSpec)
     # None: MXNet's default, half the CPUs (predictor/runtime/threads.py says when to set it).
     model_cpu_threads: int | None = None
+    # MXNET_CPU_TEMP_COPY; None: one per CPU replica (see `cpu_temp_workspaces`).
+    mxnet_cpu_temp_copy: int | None = None
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
     model_dtype: str = "float32"
     batch_max_size: int = 8
@@ -177,6 +189,8 @@ class Settings:
     # repr=False: the key must never reach a log line, an error message or a traceback.
     api_key: str | None = field(default=None, repr=False)
     metrics_require_key: bool = False
+    # The periodic collection and malloc_trim (predictor/runtime/memory.py); 0: never.
+    memory_trim_interval_s: float = 10.0
     log_level: str = "INFO"
 
     @classmethod
@@ -248,6 +262,7 @@ class Settings:
                 cpu_replicas=reader.get("MODEL_CPU_REPLICAS", _int_in(1, 64), 1),
             ),
             model_cpu_threads=reader.get("MODEL_CPU_THREADS", _int_in(1, 1024), no_threads),
+            mxnet_cpu_temp_copy=reader.get("MXNET_CPU_TEMP_COPY", _int_in(1, 64), no_threads),
             model_dtype=model_dtype,
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
@@ -268,6 +283,9 @@ class Settings:
             max_connections=reader.get("MAX_CONNECTIONS", _int_in(1, 1_000_000), 1000),
             api_key=api_key,
             metrics_require_key=metrics_require_key,
+            memory_trim_interval_s=reader.get(
+                "MEMORY_TRIM_INTERVAL_S", _float_in(0.0, 86_400.0), 10.0
+            ),
             log_level=reader.get("LOG_LEVEL", _parse_log_level, "INFO"),
         )
 
@@ -279,6 +297,13 @@ class Settings:
         return (
             ModelSpec(self.served_model_name, self.model_prefix, self.model_epoch, self.model_edge),
         )
+
+    @property
+    def cpu_temp_workspaces(self) -> int:
+        """MXNet's temporary workspaces on the CPU: MXNET_CPU_TEMP_COPY, else one per replica."""
+        if self.mxnet_cpu_temp_copy is not None:
+            return self.mxnet_cpu_temp_copy
+        return self.devices.cpu_replicas
 
     @property
     def served_model_name(self) -> str:

@@ -57,6 +57,7 @@ def test_every_variable_is_read() -> None:
             "PREPROCESS_WORKERS": "3",
             "PREPROCESS_NICE": "0",
             "MODEL_CPU_THREADS": "4",
+            "MXNET_CPU_TEMP_COPY": "3",
             "MODEL_CPU_REPLICAS": "2",
             "REQUEST_TIMEOUT_MS": "250",
             "SHUTDOWN_GRACE_S": "2.5",
@@ -66,6 +67,7 @@ def test_every_variable_is_read() -> None:
             "MAX_CONNECTIONS": "500",
             "API_KEY": "0123456789abcdef-key",
             "METRICS_REQUIRE_KEY": "true",
+            "MEMORY_TRIM_INTERVAL_S": "2.5",
             "LOG_LEVEL": "debug",
         }
     )
@@ -84,11 +86,13 @@ def test_every_variable_is_read() -> None:
     assert settings.preprocess_workers == 3
     assert settings.preprocess_nice == 0
     assert settings.model_cpu_threads == 4
+    assert settings.cpu_temp_workspaces == 3
     assert (settings.request_timeout_ms, settings.shutdown_grace_s) == (250.0, 2.5)
     assert (settings.header_timeout_s, settings.body_timeout_s) == (3.0, 30.5)
     assert (settings.keepalive_timeout_s, settings.max_connections) == (61.0, 500)
     assert settings.api_key == "0123456789abcdef-key"
     assert settings.metrics_require_key is True
+    assert settings.memory_trim_interval_s == 2.5
     assert settings.log_level == "DEBUG"
 
 
@@ -99,6 +103,11 @@ def test_robustness_defaults() -> None:
     assert settings.api_key is None and settings.metrics_require_key is False
     assert settings.preprocess_nice == 10
     assert settings.model_cpu_threads is None  # MXNet's own default
+    assert settings.memory_trim_interval_s == 10.0
+    # One MXNet workspace per forward pass that may run at once (predictor/runtime/memory.py).
+    assert settings.cpu_temp_workspaces == 1
+    assert Settings.from_env({"MODEL_CPU_REPLICAS": "3"}).cpu_temp_workspaces == 3
+    assert Settings.from_env({"MEMORY_TRIM_INTERVAL_S": "0"}).memory_trim_interval_s == 0.0
 
 
 @pytest.mark.parametrize(
@@ -147,6 +156,9 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("PREPROCESS_NICE", "low"),
         ("MODEL_CPU_THREADS", "0"),
         ("MODEL_CPU_THREADS", "all"),
+        ("MXNET_CPU_TEMP_COPY", "0"),
+        ("MEMORY_TRIM_INTERVAL_S", "-1"),
+        ("MEMORY_TRIM_INTERVAL_S", "often"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:

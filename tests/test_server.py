@@ -791,6 +791,31 @@ async def test_request_past_its_deadline_gets_504_json(
     assert metric_value(text, "predictor_batch_size_count") == 0, "a timed-out image is never run"
 
 
+async def test_the_periodic_trim_runs_and_is_counted(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    # predictor_memory_trims_total tells a benchmark when the server has trimmed (bench/soak.py).
+    client = await client_with(
+        aiohttp_client, small_settings, detectors, memory_trim_interval_s=0.05
+    )
+    deadline = time.monotonic() + 30
+    trims = 0.0
+    while trims < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        async with client.get("/metrics") as response:
+            trims = metric_value(await response.text(), "predictor_memory_trims_total")
+    assert trims >= 2
+
+
+async def test_no_periodic_trim_when_its_interval_is_zero(
+    aiohttp_client: ClientFactory, small_settings: Settings, detectors: list[Detector]
+) -> None:
+    client = await client_with(aiohttp_client, small_settings, detectors, memory_trim_interval_s=0)
+    await asyncio.sleep(0.3)
+    async with client.get("/metrics") as response:
+        assert metric_value(await response.text(), "predictor_memory_trims_total") == 0
+
+
 # ------------------------------------------------------------------ API key
 
 KEY = "k3y-for-tests-0123456789abcdef"

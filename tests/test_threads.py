@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from predictor.runtime.memory import TEMP_COPY_VARIABLE, configure_temp_space
 from predictor.runtime.threads import (
     OPENMP_VARIABLE,
     configure_openmp,
@@ -127,3 +128,36 @@ def test_openmp_cannot_be_resized_once_mxnet_is_loaded(caplog: pytest.LogCapture
     assert not configure_openmp(wanted)
     assert "already loaded" in caplog.text
     assert os.environ.get(OPENMP_VARIABLE) != str(wanted)
+
+
+_TEMP_SPACE_BEFORE_MXNET = """
+import os, sys
+from predictor.runtime.memory import TEMP_COPY_VARIABLE, configure_temp_space
+assert configure_temp_space(int(sys.argv[1]))
+import mxnet
+print(os.environ[TEMP_COPY_VARIABLE])
+"""
+
+
+def test_mxnets_temp_workspaces_are_set_before_it_loads() -> None:
+    env = {name: value for name, value in os.environ.items() if name != TEMP_COPY_VARIABLE}
+    done = subprocess.run(
+        [sys.executable, "-c", _TEMP_SPACE_BEFORE_MXNET, "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "2"
+
+
+def test_temp_workspaces_cannot_change_once_mxnet_is_loaded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import mxnet  # noqa: F401  (loaded here, as in every test process)
+
+    wanted = 3 if os.environ.get(TEMP_COPY_VARIABLE) != "3" else 5
+    assert not configure_temp_space(wanted)
+    assert "already loaded" in caplog.text
+    assert os.environ.get(TEMP_COPY_VARIABLE) != str(wanted)

@@ -9,7 +9,8 @@ the server's ``PYTHONPATH``, so Python imports this module at start-up:
   ``DIR/snapshot-N.done``.
 - ``PREDICTOR_UNTUNED_MALLOC=1``: the server as before
   `predictor.runtime.memory` (glibc's defaults, no frozen heap, no periodic
-  collection and trim), to compare;
+  collection and trim, MXNet's default number of temporary workspaces), to
+  compare;
 - ``PREDICTOR_LEAK_BYTES=N``: a deliberately leaking build of the detection
   handler: every ``POST /predict`` keeps N bytes for ever (to show that the
   short soak in ``make test`` catches a leak).
@@ -75,6 +76,10 @@ if os.environ.get("PREDICTOR_UNTUNED_MALLOC") == "1":
     def _nothing() -> None:
         return None
 
+    def _mxnets_default(workspaces: int) -> bool:
+        return False
+
     _memory.tune_allocator = _untouched
     _memory.release_free_memory = _untouched
     _memory.settle_heap = _nothing
+    _memory.configure_temp_space = _mxnets_default

@@ -26,13 +26,27 @@ data:
   are freed;
 - `settle_heap` (once the models are warm) freezes the start-up heap, so
   that later collections look only at what requests allocate;
-- `release_free_memory`, which the server calls every `TRIM_INTERVAL_S` on a
+- `release_free_memory`, which the server calls every
+  ``MEMORY_TRIM_INTERVAL_S`` (`Settings.memory_trim_interval_s`, 10 s) on a
   worker thread, collects cyclic garbage and then returns the free pages
   inside the arenas (``malloc_trim(0)``: glibc >= 2.8 trims the whole heap,
   not only its top).
 
 Elsewhere (musl, macOS) the C library has neither mallopt nor malloc_trim,
 and the allocator keeps its defaults.
+
+MXNet keeps one more high-water mark of its own: its temporary workspaces.
+The operators that need scratch memory on the CPU take it from one of
+``MXNET_CPU_TEMP_COPY`` workspaces that MXNet shares between them (its
+default: 4), and a workspace grows to the largest request it has served and
+never shrinks. The server's network is re-planned at every change of batch
+size, and each time its operators are handed the next workspaces in turn, so
+over thousands of requests every workspace grows to the largest scratch any
+operator needs at the largest batch. On the shipped model that was about
+50 MiB of RSS, reached in steps over the first 10,000 or so requests: the
+creep that the soak measured (BENCHMARKS.md, "Soak"). One forward pass at a
+time needs one workspace: `configure_temp_space` gives MXNet as many as there
+are CPU replicas (`Settings.cpu_temp_workspaces`), before MXNet loads.
 """
 
 from __future__ import annotations
@@ -43,15 +57,18 @@ import gc
 import logging
 from functools import cache
 
+from predictor.runtime.threads import set_before_mxnet_loads
+
 log = logging.getLogger(__name__)
+
+# MXNet's variable: how many temporary workspaces its CPU operators share.
+TEMP_COPY_VARIABLE = "MXNET_CPU_TEMP_COPY"
 
 # mallopt parameters (glibc's malloc.h).
 _M_MMAP_THRESHOLD = -3
 # Blocks of this size and more are mmapped: every photo-sized buffer, and
 # few enough that the system calls do not show (a few per request).
 MMAP_THRESHOLD_BYTES = 256 * 1024
-# How often the server gives the arenas' free pages back to the system.
-TRIM_INTERVAL_S = 10.0
 
 
 @cache
@@ -110,3 +127,12 @@ def release_free_memory() -> bool:
     gc.collect()
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def configure_temp_space(workspaces: int) -> bool:
+    """Give MXNet ``workspaces`` temporary workspaces for its CPU operators (see above).
+
+    True when it can still apply: MXNet reads the number once, when it is
+    loaded, so this must run before the process's first ``import mxnet``.
+    """
+    return set_before_mxnet_loads(TEMP_COPY_VARIABLE, workspaces)

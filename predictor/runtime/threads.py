@@ -48,16 +48,26 @@ def configure_openmp(threads: int) -> bool:
     MXNet reads the value once, when it is loaded, so this must run before
     the first ``import mxnet`` of the process (the CLI calls it first thing).
     """
+    return set_before_mxnet_loads(OPENMP_VARIABLE, threads)
+
+
+def set_before_mxnet_loads(variable: str, value: int) -> bool:
+    """Set MXNet's environment variable ``variable``; True when it can still apply.
+
+    MXNet reads its variables once, when it is loaded: once it is, the value
+    stays what it was (a warning says so unless it is already ``value``).
+    """
     if "mxnet" in sys.modules:
-        current = os.environ.get(OPENMP_VARIABLE)
-        if current != str(threads):
+        current = os.environ.get(variable)
+        if current != str(value):
             log.warning(
-                "MXNet is already loaded: its operators keep %s OpenMP threads, not %d",
-                current or "its default number of",
-                threads,
+                "MXNet is already loaded: %s stays %s, not %d",
+                variable,
+                current or "MXNet's default",
+                value,
             )
-        return current == str(threads)
-    os.environ[OPENMP_VARIABLE] = str(threads)
+        return current == str(value)
+    os.environ[variable] = str(value)
     return True
 
 

@@ -90,6 +90,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.memory_trims = Counter(
+            "predictor_memory_trims",
+            "Periodic passes that collected cyclic garbage and gave the C heap's free pages "
+            "back to the system (MEMORY_TRIM_INTERVAL_S).",
+            registry=self.registry,
+        )
         self.replica_healthy = Gauge(
             "predictor_replica_healthy",
             "1 while the replica's most recent forward pass succeeded, else 0.",

@@ -127,13 +127,14 @@ bench-profile: setup
 soak: setup
 	$(BIN)/python -m bench.soak --requests 100000 --rest-every 10000
 
-# Reproduce the shipped model: data (train seed 1, validation seed 2), training,
-# export to models/, and the held-out evaluation (seed 3). About two hours on
-# 2 CPU cores. Intermediate files go to build/.
-DATASETS := build/datasets
-# The digits-and-shapes model (models/README.md). Fonts and wallpapers come from
-# Debian packages (training-assets); the run folder keeps state.json after every
+# Reproduce the shipped digits-and-shapes model (models/README.md): data (train
+# seed 1, validation seed 2, in-distribution test seed 3, withheld styles seed
+# 4), training, export to models/, and three evaluations (in distribution,
+# withheld styles, negative photos). About 100 minutes on 2 CPU cores.
+# Intermediate files go to build/. Fonts and wallpapers come from Debian
+# packages (training-assets); the run folder keeps state.json after every
 # epoch, so an interrupted run goes on with `make model-resume`.
+DATASETS := build/datasets
 FONT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
 	fonts-noto-core fonts-croscore
 TRAINING_PACKAGES := $(FONT_PACKAGES) plasma-workspace-wallpapers mate-backgrounds gnome-backgrounds

@@ -99,7 +99,9 @@ def test_perf_analyzer_runs_against_the_v2_endpoint(
         int(found.group(1)) if (found := re.search(pattern, report)) else -1
         for pattern in (r"Client:\s+Request count: (\d+)", r"Successful request count: (\d+)")
     )
-    assert sent >= 20 and served == sent, report[-3000:]
+    # The server's count is the difference of two /stats reads around the window, so
+    # a request in flight at either edge may be counted too: at most one per client.
+    assert sent >= 20 and sent <= served <= sent + 2, report[-3000:]
     assert "compute infer" in report, "the server-side breakdown comes from /stats"
     assert status == 200
     success = stats["model_stats"][0]["inference_stats"]["success"]["count"]

@@ -18,6 +18,7 @@ from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX
 from predictor.data import synthesize
 from predictor.data.photos import write_negatives
 from predictor.data.styles import style_set
+from predictor.data.synth import FixtureObject, encode_jpeg, render_fixture
 from predictor.detections import Detection
 from predictor.runtime.render import draw_detections
 from predictor.training.evaluate import evaluate_checkpoint, evaluate_negatives
@@ -158,3 +159,52 @@ def test_shipped_model_sees_nothing_in_photos_without_digits_or_shapes(
     assert report.threshold == 0.5
     assert len(report.detections) <= MAX_FALSE_DETECTIONS_IN_NEGATIVES, report.format_table()
     assert report.highest["grass.jpg"] < 0.5 and report.highest["rocket.jpg"] < 0.5
+
+
+# One object alone on a plain 300x300 image (the model's input size, so no resizing
+# blurs the phase): every size from 40 to 90 px, moved in 6-px steps across 60 px, a
+# whole cell of the coarser anchor grid. The first model of issue 16 scored a centred
+# 50-px circle 0.02 and the same circle 12 px to the right 1.00: its anchors had gaps.
+POSITION_SIZES = (40, 50, 60, 70, 80, 90)
+POSITION_OFFSETS = tuple(range(0, 60, 6))
+POSITION_LABELS = ("circle", "square", "7", "0")
+POSITION_FOUND_SHARE = 0.95
+
+
+def test_shipped_model_finds_a_lone_object_wherever_it_sits(
+    shipped_server: ServerProcess, artifacts: Path
+) -> None:
+    missed: list[str] = []
+    for label in POSITION_LABELS:
+        for size in POSITION_SIZES:
+            for offset in POSITION_OFFSETS:
+                centre = (150 + offset - 30, 150 + offset // 2 - 15)
+                scene = render_fixture(
+                    [FixtureObject(label, centre, size, (30, 30, 30), _plain_style(label))],
+                    size=(300, 300),
+                    seed=size,
+                    background=(235, 235, 235),
+                )
+                (truth,) = scene.objects
+                status, payload = shipped_server.request(
+                    "/predict?model=digits", encode_jpeg(scene.image, 92)
+                )
+                assert status == 200
+                box = truth.box
+                expected = (box.xmin, box.ymin, box.xmax, box.ymax)
+                if not any(
+                    d["objectClass"] == label
+                    and iou(expected, (d["x"], d["y"], d["x"] + d["width"], d["y"] + d["height"]))
+                    >= 0.5
+                    for d in payload["prediction"]
+                ):
+                    missed.append(f"{label} {size} px at {centre}")
+    tried = len(POSITION_LABELS) * len(POSITION_SIZES) * len(POSITION_OFFSETS)
+    (artifacts / "shipped_model_positions.txt").write_text(
+        f"missed {len(missed)} of {tried}\n" + "\n".join(missed) + "\n"
+    )
+    assert len(missed) <= (1 - POSITION_FOUND_SHARE) * tried, missed
+
+
+def _plain_style(label: str) -> str:
+    return "font" if label.isdigit() else "filled"

@@ -9,7 +9,9 @@ digits: ``font`` (OpenCV Hershey fonts, assorted weights, slants, rotations), ``
 (TrueType/OpenType families from :mod:`predictor.data.fonts`) and ``hand`` (jittered pen
 strokes from :mod:`predictor.data.strokes`, like a mouse drawing).
 shapes: ``filled``, ``outline`` (geometric, stroke 2-18 % of the size), ``hand`` (a
-jittered outline stroke), ``rounded`` (rounded corners, filled or outlined; circles seen
+jittered outline stroke), ``soft`` (squares and triangles whose corners are rounded by
+2-7 % of the side, filled or outlined, as a marker or a rounded pen join draws them;
+circles plain), ``rounded`` (corners rounded by 8-22 %, filled or outlined; circles seen
 at an angle) and ``twotone`` (filled in one colour, bordered in another).
 
 Which styles a set of scenes uses is a :class:`GlyphStyles`; the training and the
@@ -46,7 +48,7 @@ _FONT_NAMES = tuple(FONTS)
 _FONT_WEIGHTS = (0.03, 0.06, 0.09, 0.13)
 
 DIGIT_STYLES = ("font", "type", "hand")
-SHAPE_STYLES = ("filled", "outline", "hand", "rounded", "twotone")
+SHAPE_STYLES = ("filled", "outline", "hand", "soft", "rounded", "twotone")
 # Digits stay near upright: a 6 turned half-way round is a 9.
 _MAX_DIGIT_ROTATION_DEG = 15.0
 # Polyline coordinates carry this many fractional bits, for sub-pixel placement.
@@ -57,6 +59,22 @@ _PERSPECTIVE = 0.12
 
 Mask = NDArray[np.bool_]
 Canvas = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class _Corners:
+    """How a rounded shape is drawn: ranges as fractions of its side."""
+
+    radius: tuple[float, float]
+    stroke: tuple[float, float]
+    outlined: float
+    """Share drawn as an outline rather than filled."""
+
+
+# Training's ``soft`` corners stay below the withheld ``rounded`` style's radii, so the
+# generalisation evaluation still sees corners rounder than any trained one.
+_SOFT_CORNERS = _Corners(radius=(0.02, 0.07), stroke=(0.02, 0.18), outlined=0.5)
+_ROUND_CORNERS = _Corners(radius=(0.08, 0.22), stroke=(0.04, 0.14), outlined=0.6)
 
 
 @dataclass(frozen=True)
@@ -141,8 +159,12 @@ def render_glyph(
             canvas = _hand_shape(rng, label, size)
         elif chosen in ("filled", "outline"):
             canvas = _shape(rng, label, size, filled=chosen == "filled")
+        elif chosen == "soft" and label == "circle":
+            canvas = _shape(rng, label, size, filled=rng.random() < 0.5)
+        elif chosen == "soft":
+            canvas = _rounded_shape(rng, label, _SOFT_CORNERS)
         elif chosen == "rounded":
-            canvas = _rounded_shape(rng, label, size)
+            canvas = _rounded_shape(rng, label, _ROUND_CORNERS)
         elif chosen == "twotone":
             canvas = _shape(rng, label, size, filled=True)
         else:
@@ -234,11 +256,11 @@ def _shape(rng: np.random.Generator, shape: str, size: int, *, filled: bool) -> 
     return canvas
 
 
-def _rounded_shape(rng: np.random.Generator, shape: str, size: int) -> Canvas:
+def _rounded_shape(rng: np.random.Generator, shape: str, corners: _Corners) -> Canvas:
     """A square or triangle with rounded corners (a circle: an ellipse seen at an angle).
 
     Drawn large, as the Minkowski sum of a smaller polygon and a disc, and then, for the
-    outlined variant, hollowed out by an erosion.
+    outlined variant, hollowed out by an erosion. The caller scales it to size.
     """
     work = 160
     if shape == "circle":
@@ -247,11 +269,11 @@ def _rounded_shape(rng: np.random.Generator, shape: str, size: int) -> Canvas:
         angle = float(rng.uniform(0, 180))
         cv2.ellipse(canvas, (work // 2 + 4, work // 2 + 4), axes, angle, 0, 360, (255,), -1)
     else:
-        radius = round(work * float(rng.uniform(0.08, 0.22)))
+        radius = max(1, round(work * float(rng.uniform(*corners.radius))))
         core = _shape(rng, shape, work - 2 * radius, filled=True)
         canvas = np.asarray(cv2.dilate(np.pad(core, radius + 2), _disc(radius)), dtype=np.uint8)
-    if rng.random() < 0.6:
-        stroke = max(2, round(work * float(rng.uniform(0.04, 0.14))))
+    if rng.random() < corners.outlined:
+        stroke = max(2, round(work * float(rng.uniform(*corners.stroke))))
         canvas = np.where(cv2.erode(canvas, _disc(stroke)) > 0, 0, canvas).astype(np.uint8)
     return canvas
 

@@ -122,7 +122,7 @@ def write_negatives(out_dir: Path) -> list[Path]:
     written = []
     for name in NEGATIVE_SAMPLES:
         target = out_dir / f"{name}.jpg"
-        cv2.imwrite(str(target), _sample_photo(name), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(target), sample_photo(name), [cv2.IMWRITE_JPEG_QUALITY, 95])
         written.append(target)
     return written
 
@@ -201,8 +201,8 @@ def _downscale(image: Image) -> Image:
     return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
-def _sample_photo(name: str) -> Image:
-    """A BGR sample photo from scikit-image or matplotlib (development extras)."""
+def sample_photo(name: str) -> Image:
+    """A BGR sample photo from scikit-image or matplotlib (development extras) by name."""
     if name in ("grace_hopper", "Minduka_Present_Blue_Pack"):
         import matplotlib.cbook
 

@@ -2,10 +2,10 @@
 
 ``train``     the model's training, validation and in-distribution test scenes: Hershey,
               hand-drawn and TrueType digits in the `TRAINING_FAMILIES`; filled,
-              outlined and hand-drawn shapes; flat, gradient and blotchy backgrounds and
-              crops of the training wallpapers; clutter lines, stains, specks and
-              letters; blur, low contrast, JPEG quality 30-95; some scenes with no
-              object at all.
+              outlined, hand-drawn and soft-cornered shapes; flat, gradient and
+              blotchy backgrounds and crops of the training wallpapers; clutter
+              lines, stains, specks and letters; blur, low contrast, JPEG quality
+              30-95; 10 % of scenes with no object, most of them on photos.
 ``withheld``  the generalisation evaluation: digits only in the `WITHHELD_FAMILIES`,
               shapes only in the ``rounded`` and ``twotone`` styles, photo backgrounds
               only from the withheld wallpapers. Nothing of these is in ``train``.
@@ -24,8 +24,8 @@ from predictor.data.glyphs import CLASSIC_STYLES, GlyphStyles
 STYLE_SET_NAMES = ("train", "withheld", "classic")
 
 # Characters drawn as unlabelled clutter. Left out: anything a digit or shape could be
-# taken for (O o Q D 0; I l i j J L T 1 7; Z z 2; S s 5; G b 6; B 8; g q 9; C c circle).
-CLUTTER_CHARACTERS = "AEFHKMNPRUVWXYaehkmnprtuvwxy+#&?!%@"
+# taken for (O o Q D 0; I l i j J L T ! | 1 7; Z z 2; S s 5; G b 6; B 8; g q 9; C c circle).
+CLUTTER_CHARACTERS = "AEFHKMNPRUVWXYaehkmnprtuvwxy+#&?%@"
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ def style_set(name: str, font_root: Path = FONT_ROOT) -> StyleSet:
         glyphs = GlyphStyles(
             digit_styles=("font", "type", "hand"),
             digit_weights=(0.25, 0.5, 0.25),
-            shape_styles=("filled", "outline", "hand"),
-            shape_weights=(0.35, 0.4, 0.25),
+            shape_styles=("filled", "outline", "hand", "soft"),
+            shape_weights=(0.3, 0.35, 0.2, 0.15),
             fonts=font_files(TRAINING_FAMILIES, font_root),
             perspective=0.3,
         )
@@ -80,7 +80,7 @@ def style_set(name: str, font_root: Path = FONT_ROOT) -> StyleSet:
         glyphs,
         letter_share=0.5,
         photo_share=0.4,
-        negative_share=0.06,
+        negative_share=0.1,
         blur_share=0.2,
         faded_share=0.15,
         quality=(30, 95),

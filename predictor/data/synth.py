@@ -47,6 +47,7 @@ _LUMA_WEIGHTS = np.array([0.114, 0.587, 0.299])  # B, G, R, as in cv2.COLOR_BGR2
 _SMALLEST_OBJECT = 8  # pixels; below this digits stop being legible
 _PLACEMENT_TRIES = 20
 _SHRINK_STEPS = 4
+_NEGATIVE_PHOTO_SHARE = 0.75
 _CLASSIC = style_set("classic")
 
 
@@ -141,7 +142,11 @@ def render_scene(
     height = (
         width if rng.random() < 0.25 else int(rng.integers(config.min_side, config.max_side + 1))
     )
-    on_photo = photos is not None and rng.random() < styles.photo_share
+    negative = rng.random() < styles.negative_share
+    # Empty scenes go on photos more often than others: the false detections to unlearn
+    # are the digits and shapes a model imagines in real-world texture.
+    photo_share = max(styles.photo_share, _NEGATIVE_PHOTO_SHARE) if negative else styles.photo_share
+    on_photo = photos is not None and rng.random() < photo_share
     background = (
         _photo_background(rng, photos, width, height)
         if photos is not None and on_photo
@@ -149,7 +154,6 @@ def render_scene(
     )
     image = background.copy()
     short_side = min(width, height)
-    negative = rng.random() < styles.negative_share
     count = 0 if negative else int(rng.integers(config.min_objects, config.max_objects + 1))
     labels = [CLASSES[int(i)] for i in rng.integers(len(CLASSES), size=count)]
     placed: list[PlacedObject] = []

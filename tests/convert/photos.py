@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from predictor.checkpoint import Preprocessing
+from predictor.data.photos import sample_photo
 
 BOXES_FILE = Path(__file__).with_name("photo_boxes.json")
 PHOTOS = ("chelsea", "astronaut", "grace_hopper", "coffee", "motorcycle_left")
@@ -33,18 +34,7 @@ def photo_annotations() -> dict[str, dict[str, Any]]:
 
 def load_photo(name: str) -> UInt8Image:
     """The photo as an RGB uint8 array (scikit-image and matplotlib sample data)."""
-    if name == "grace_hopper":
-        import matplotlib.cbook
-
-        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    from skimage import data
-
-    # motorcycle_left is the left view of the stereo pair.
-    loaded = getattr(data, "stereo_motorcycle" if name == "motorcycle_left" else name)()
-    image = loaded[0] if name == "motorcycle_left" else loaded
-    return np.ascontiguousarray(image[:, :, :3]).astype(np.uint8)
+    return np.ascontiguousarray(sample_photo(name)[:, :, ::-1])
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def test_training_scenes_use_every_training_style_and_no_withheld_one(
     )
     assert set(styles) == {
         ("digit", "font"), ("digit", "type"), ("digit", "hand"),
-        ("shape", "filled"), ("shape", "outline"), ("shape", "hand"),
+        ("shape", "filled"), ("shape", "outline"), ("shape", "hand"), ("shape", "soft"),
     }, styles  # fmt: skip
     assert set(o.label for s in train_scenes for o in s.objects) == set(CLASSES)
 
@@ -101,8 +101,8 @@ def test_some_training_scenes_hold_nothing_but_background_and_clutter(
     train_scenes: list[Scene],
 ) -> None:
     empty = [s for s in train_scenes if not s.objects]
-    # 6 % are negatives by design; a few more when a photo leaves no spot with contrast.
-    assert 0.02 <= len(empty) / len(train_scenes) <= 0.15
+    # 10 % are negatives by design; a few more when a photo leaves no spot with contrast.
+    assert 0.04 <= len(empty) / len(train_scenes) <= 0.2
     assert any(s.clutter for s in empty)
 
 
@@ -120,7 +120,7 @@ def test_clutter_letters_are_unlabelled_and_clear_of_every_object(
 
 
 def test_clutter_characters_exclude_lookalikes_of_the_classes() -> None:
-    for lookalike in "0Oo1IlL2Zz5Ss6Gb8B9gq7TCc":
+    for lookalike in "0Oo1IlL!|2Zz5Ss6Gb8B9gq7TCc":
         assert lookalike not in CLUTTER_CHARACTERS
 
 

@@ -164,7 +164,7 @@ def test_shipped_model_sees_nothing_in_photos_without_digits_or_shapes(
 # One object alone on a plain 300x300 image (the model's input size, so no resizing
 # blurs the phase): every size from 40 to 90 px, moved in 6-px steps across 60 px, a
 # whole cell of the coarser anchor grid. The first model of issue 16 scored a centred
-# 50-px circle 0.02 and the same circle 12 px to the right 1.00: its anchors had gaps.
+# 50-px circle 0.02 and the same circle 12 px to the right and down 1.00: its anchors had gaps.
 POSITION_SIZES = (40, 50, 60, 70, 80, 90)
 POSITION_OFFSETS = tuple(range(0, 60, 6))
 POSITION_LABELS = ("circle", "square", "7", "0")

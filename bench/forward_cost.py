@@ -8,7 +8,11 @@ batch 1 and 4, the networks alternating pass by pass, so that a slow
 stretch of a shared machine falls on all of them; the median per image is
 reported. Every core runs the forward pass (MODEL_CPU_THREADS = cores).
 
-    python -m bench.forward_cost [--repeats 8]
+    python -m bench.forward_cost [--repeats 8] [--model NAME=PREFIX ...]
+
+`--model` adds a checkpoint to the same run (e.g. the digits model a retrain
+replaces, against the one it ships), so that the ratio of two networks comes
+from one machine state.
 
 Writes bench/forward_cost.json.
 """
@@ -32,7 +36,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PREFIX",
+        help="another checkpoint to time beside the shipped ones",
+    )
     args = parser.parse_args()
+    extra = dict(_named_prefix(spec, parser) for spec in args.model)
     threads = os.cpu_count() or 1
     configure_openmp(threads)
 
@@ -48,6 +60,7 @@ def main() -> None:
         "coco_nanodet": ROOT / SHIPPED_COCO_PREFIX,
         "ssd_512_resnet50_v1_coco": RESNET_PREFIX,
         "ssd300_digits_shapes": ROOT / SHIPPED_MODEL_PREFIX,
+        **extra,
     }
     detectors = {
         name: load_detectors(prefix, 0, None, DeviceSpec(), max(batches))[0]
@@ -76,6 +89,16 @@ def main() -> None:
     out = ROOT / "bench" / "forward_cost.json"
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
+
+
+def _named_prefix(spec: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:
+    """Split `NAME=PREFIX`, refusing a prefix with no symbol file beside it."""
+    name, separator, prefix = spec.partition("=")
+    if not separator or not name or not prefix:
+        parser.error(f"--model {spec!r}: expected NAME=PREFIX")
+    if not Path(f"{prefix}-symbol.json").is_file():
+        parser.error(f"--model {spec!r}: no checkpoint at {prefix}-symbol.json")
+    return name, Path(prefix)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,13 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     train.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     train.add_argument("--workers", type=int, default=defaults.workers, help="augmentation threads")
     train.add_argument(
+        "--init",
+        type=Path,
+        metavar="PARAMS",
+        help="fine-tune: start from an earlier run's last.params (same network and classes; "
+        "no crop pretraining)",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue the run in OUT from its last epoch"
     )
     train.set_defaults(func=_cmd_train)
@@ -359,6 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         pretrain_epochs=args.pretrain_epochs,
         seed=args.seed,
         workers=args.workers,
+        init_params=str(args.init) if args.init else None,
     )
     state = train(
         args.data,

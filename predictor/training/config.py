@@ -29,3 +29,6 @@ class TrainConfig:
     expand_probability: float = 0.2
     crop_probability: float = 0.3
     colour_jitter: bool = False
+    # Fine-tuning: start from these weights (an earlier run's last.params, same network
+    # and classes) instead of random ones; no crop pretraining then.
+    init_params: str | None = None

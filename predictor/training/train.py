@@ -52,6 +52,20 @@ class TrainingError(PredictorError):
     """Training cannot start or continue; the message says why."""
 
 
+def _load_initial_weights(net: mx.gluon.HybridBlock, path: Path) -> None:
+    """Fine-tuning's starting point; refuses weights of another network or class list."""
+    if not path.is_file():
+        raise TrainingError(f"cannot start from {path}: no such file")
+    try:
+        net.load_parameters(str(path))
+    except (OSError, AssertionError, ValueError, mx.base.MXNetError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"cannot start from {path}: {first_line} (it must be a run's last.params "
+            "for the same --network and classes)"
+        ) from None
+
+
 @dataclass
 class TrainState:
     """Progress of a run; written after every epoch."""
@@ -128,7 +142,9 @@ def train(
     net = _build_network(config, train_set.classes)
     if resume and (out_dir / "last.params").is_file():
         net.load_parameters(str(out_dir / "last.params"))
-    if config.pretrain_epochs > 0 and not state.pretrained:
+    elif config.init_params is not None:
+        _load_initial_weights(net, Path(config.init_params))
+    if config.pretrain_epochs > 0 and not state.pretrained and config.init_params is None:
         state.pretraining = _pretrain(net, train_set, val_set, config, progress)
         net.save_parameters(str(out_dir / "last.params"))
         state.pretrained = True

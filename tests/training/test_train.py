@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mxnet as mx
 import numpy as np
 import pytest
 
@@ -62,6 +63,43 @@ def test_train_resume_export_and_serve(tiny_data: tuple[Path, Path], tmp_path: P
     (raw,) = detector.forward([prepare(encode_jpeg(scene(1)), TINY.edge, 10**8).tensor])
     assert np.isfinite(raw.scores).all()
     detector.close()
+
+
+def test_fine_tuning_starts_from_an_earlier_runs_weights(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_dir, val_dir = tiny_data
+    base = train(train_dir, tmp_path / "base", TrainConfig(**{**TINY.__dict__, "epochs": 1}),
+                 progress=False)  # fmt: skip
+    assert base.pretrained
+    init = tmp_path / "base" / "last.params"
+    config = TrainConfig(
+        **{**TINY.__dict__, "epochs": 1, "learning_rate": 0.0, "init_params": str(init)}
+    )
+    tuned = train(train_dir, tmp_path / "tuned", config, val_dir=val_dir, progress=False)
+    assert not tuned.pretrained and tuned.pretraining == {}  # no crop pretraining
+    # At a learning rate of 0 the weights stay the earlier run's (batch norm's running
+    # statistics aside, which move in training mode whatever the rate).
+    before = mx.nd.load(str(init))
+    after = mx.nd.load(str(tmp_path / "tuned" / "last.params"))
+    convolutions = [k for k in before if k.endswith("weight")]
+    assert convolutions and all(
+        np.array_equal(before[k].asnumpy(), after[k].asnumpy()) for k in convolutions
+    )
+    # Resuming keeps the starting point in the saved configuration.
+    assert TrainState.load(tmp_path / "tuned" / "state.json").config.init_params == str(init)
+
+
+def test_fine_tuning_refuses_weights_of_another_network(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    foreign = tmp_path / "foreign.params"
+    mx.nd.save(str(foreign), {"features.stages.0.0.weight": mx.nd.zeros((1, 1, 1, 1))})
+    for init, message in ((foreign, "cannot start from .*foreign.params"),
+                          (tmp_path / "missing.params", "no such file")):  # fmt: skip
+        config = TrainConfig(**{**TINY.__dict__, "init_params": str(init)})
+        with pytest.raises(TrainingError, match=message):
+            train(tiny_data[0], tmp_path / init.stem, config, progress=False)
 
 
 def test_resume_without_a_run_is_refused(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:

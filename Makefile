@@ -106,7 +106,7 @@ bench: setup
 # server, on the shipped models (float32, and int8 for predictor) and the
 # ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section of
 # BENCHMARKS.md. `python -m bench.peer_check` checks the peers in a few minutes.
-bench-compare: setup
+bench-compare: setup perf-analyzer
 	$(BIN)/python -m bench.compare --int8
 
 # MODEL_DTYPE=int8 against float32: held-out mAP and speed (bench/int8.json).

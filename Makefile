@@ -122,7 +122,7 @@ bench-profile: setup
 # requests: the slope fitted at rest must be under 20 KiB per 1,000 requests
 # and the RSS at rest must end within 2 % of where it started. Rewrites the
 # soak section of BENCHMARKS.md, bench/soak.png and bench/soak-results.json
-# (50 to 60 minutes on 2 cores). `make test` runs a 2,000-request version
+# (30 to 60 minutes on 2 cores). `make test` runs a 2,000-request version
 # (tests/test_soak.py).
 soak: setup
 	$(BIN)/python -m bench.soak --requests 100000 --rest-every 10000

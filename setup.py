@@ -20,7 +20,6 @@ setup(
         "opencv-python-headless",
         # 12- and 16-bit JPEGs (OpenCV reads 8-bit only).
         "pylibjpeg-libjpeg",
-        "simplejpeg",
         "aiohttp>=3.9",
         "prometheus-client",
         "tqdm",

@@ -21,7 +21,7 @@ Both views map boxes to the original image with predictor's
 `predictor.detections.to_detections` (cheap, and the same JSON for everyone).
 
 This module must import in every peer's venv, which holds MXNet, numpy,
-OpenCV, pylibjpeg and simplejpeg at the project's pins and nothing of predictor's
+OpenCV and pylibjpeg at the project's pins and nothing of predictor's
 serving stack: predictor itself is imported from the repository named in
 the configuration, and Pillow only by the ``pil`` decoder.
 """

@@ -3,7 +3,7 @@
 Each peer server (MXNet Model Server, TorchServe, BentoML, Ray Serve) lives in
 its own virtualenv, ``bench/.work/NAME-venv``, created here on first use and
 reinstalled when its package list changes. The handler's packages (MXNet,
-numpy, OpenCV, pylibjpeg, simplejpeg) are installed with the project's
+numpy, OpenCV, pylibjpeg) are installed with the project's
 `constraints.txt`, so every peer runs the same numerical stack as predictor
 (MXNet 1.9.1 needs numpy < 1.24). The peers stay out of the project's venv:
 they bring Java launchers, Ray, Starlette apps and their pins, which the
@@ -41,13 +41,7 @@ from predictor.checkpoint import Checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 # What every handler needs, at the project's pins (-c constraints.txt).
-HANDLER_PACKAGES = (
-    "mxnet",
-    "numpy",
-    "opencv-python-headless",
-    "pylibjpeg-libjpeg",
-    "simplejpeg",
-)
+HANDLER_PACKAGES = ("mxnet", "numpy", "opencv-python-headless", "pylibjpeg-libjpeg")
 # The Java servers refuse ports from the kernel's ephemeral range (MMS: "Invalid
 # port number" for 58797): pick below it.
 PORT_RANGE = (20000, 32000)

@@ -104,37 +104,6 @@ def test_large_photos_are_decoded_reduced_with_their_true_size() -> None:
     assert float(np.abs(reduced - full).mean()) < 0.05
 
 
-@pytest.mark.parametrize(
-    ("size", "decoded"),
-    [((640, 480), (400, 300)), ((1024, 768), (512, 384)), ((1920, 1080), (720, 405))],
-)
-def test_photos_are_decoded_at_the_smallest_eighth_that_covers_the_input(
-    size: tuple[int, int], decoded: tuple[int, int]
-) -> None:
-    """libjpeg-turbo scales by eighths: 640x480 for 300 px becomes 400x300 (5/8), where
-    halving would leave 240 rows and a full decode was needed."""
-    data = encode_jpeg(scene(6, *size))
-    result = decode(data, 300, LIMIT)
-    assert (result.pixels.shape[1], result.pixels.shape[0]) == decoded
-    assert (result.width, result.height) == size
-    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    reduced, reference = to_tensor(result.pixels, 300), to_tensor(np.asarray(full, np.uint8), 300)
-    assert float(np.abs(reduced - reference).mean()) < 0.05
-
-
-def test_a_jpeg_libjpeg_turbo_warns_about_is_decoded_as_opencv_decodes_it() -> None:
-    """Junk between the scan and the end marker: TurboJPEG warns (strict), so OpenCV,
-    which tolerates it, decodes the file, with the same pixels as a clean copy."""
-    clean = encode_jpeg(scene(7, 1280, 960))
-    end = clean.rindex(b"\xff\xd9")
-    damaged = clean[:end] + b"\x00" * 16 + clean[end:]
-    from_damaged, from_clean = decode(damaged, 300, LIMIT), decode(clean, 300, LIMIT)
-    assert (from_damaged.width, from_damaged.height) == (1280, 960)
-    # OpenCV halves twice (320x240 would be too small): 640x480, not TurboJPEG's 3/8.
-    assert from_damaged.pixels.shape == (480, 640, 3)
-    assert from_clean.pixels.shape == (360, 480, 3)
-
-
 def test_tensor_is_normalised_rgb_in_channel_first_order() -> None:
     blue, green, red = 10, 128, 250
     image = np.empty((50, 80, 3), np.uint8)

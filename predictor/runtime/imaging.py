@@ -11,14 +11,9 @@ How the decoded pixels become the network's input (size, stretch or
 letterbox, interpolation, scale, mean and standard deviation, channel order,
 layout) is what the checkpoint declares (`predictor.checkpoint.Preprocessing`).
 Where the declaration allows it (``reduced_decoding``), large photos are
-decoded at reduced scale inside libjpeg's DCT when the reduced image is still
-at least as large as what the network is given on both sides: decoding is the
-most expensive step of preprocessing. libjpeg-turbo's TurboJPEG API (through
-simplejpeg, which releases the GIL) scales by any eighth (3/8, 5/8, ...), so a
-640x480 photo for a 300-px network is decoded at 400x300 rather than in full;
-it is used for clean 8-bit files, and OpenCV's 1/2, 1/4 or 1/8 decoding for
-everything it refuses or warns about (CMYK, damaged or truncated data), so
-those files behave exactly as before.
+decoded at 1/2, 1/4 or 1/8 scale inside libjpeg's DCT when the reduced image
+is still at least as large as what the network is given on both sides:
+decoding is the most expensive step of preprocessing.
 
 What is decoded, and how:
 
@@ -48,7 +43,6 @@ from typing import Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
-import simplejpeg
 
 from predictor.checkpoint import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from predictor.detections import Placement
@@ -265,32 +259,12 @@ def decode(
     if needed is not None:
         # The header's sides are as stored; EXIF may turn the displayed image by 90 degrees.
         need_w, need_h = needed[::-1] if header.rotated else needed
-        scaled = _turbo_decode(data, need_w, need_h)
-        if scaled is not None:
-            displayed = (height, width) if header.rotated else (width, height)
-            return DecodedImage(_orient(scaled, header.orientation), *displayed)
         factor = reduction_factor(width, height, need_w, need_h)
     pixels = _imdecode(data, _REDUCED_READ_FLAGS.get(factor, cv2.IMREAD_COLOR))
     # EXIF orientations of 90 or 270 degrees swap the sides relative to the header.
     if (pixels.shape[1], pixels.shape[0]) != (-(-width // factor), -(-height // factor)):
         width, height = height, width
     return DecodedImage(pixels, width, height)
-
-
-def _turbo_decode(data: bytes, min_width: int, min_height: int) -> ImageBGR | None:
-    """Stored (not yet oriented) BGR pixels at the smallest eighth-scale covering the minimum.
-
-    None when libjpeg-turbo refuses the file or warns about it (``strict``): the
-    caller then decodes with OpenCV, whose handling of such files is the
-    service's documented behaviour.
-    """
-    try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="BGR", min_width=min_width, min_height=min_height, strict=True
-        )
-    except ValueError:
-        return None
-    return np.asarray(pixels, dtype=np.uint8)
 
 
 def decode_full(data: bytes, max_pixels: int) -> ImageBGR:

@@ -6,11 +6,14 @@ size that still covers the network input. This runs the same model on the
 same photos four ways, interleaved photo by photo:
 
 - ``full``: full-size decoding (what a checkpoint without the flag gets);
-- ``halvings``: OpenCV's 1/2, 1/4 or 1/8 (predictor's decoding before
-  TurboJPEG, and still its fallback);
-- ``eighths``: libjpeg-turbo's TurboJPEG API at any eighth (what predictor does);
+- ``halvings``: OpenCV's 1/2, 1/4 or 1/8 (what predictor does);
+- ``eighths``: libjpeg-turbo's TurboJPEG API (simplejpeg) at any eighth
+  (3/8, 5/8, ...), the smallest that covers the input;
 - ``eighths_fast``: the same with TurboJPEG's fast integer IDCT and fast
-  upsampling (not used by predictor: measured here to decide).
+  upsampling.
+
+The last two are not used by the server: they are measured here to decide
+whether they should be (BENCHMARKS.md, "Reduced-scale decoding").
 
 Per photo size: the decode + preprocess time of each, and against ``full``
 how many detections (above the default threshold) agree (same class, IoU
@@ -32,7 +35,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import simplejpeg
 
@@ -44,7 +46,6 @@ from predictor.runtime.imaging import (
     jpeg_header,
     prepare,
     preprocess,
-    reduction_factor,
 )
 from predictor.runtime.model import load_detectors
 from tests.support.photos import make_photos
@@ -53,34 +54,23 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 THRESHOLD = 0.5
 VARIANTS = ("full", "halvings", "eighths", "eighths_fast")
-_HALVING_FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 
 
 def prepare_variant(data: bytes, variant: str, preprocessing: Preprocessing) -> PreparedImage:
     """Decode + preprocess one photo the way ``variant`` says (the photos carry no EXIF)."""
-    if variant == "full":
-        return prepare(data, replace(preprocessing, reduced_decoding=False), 2**31 - 1)
-    if variant == "eighths":
-        return prepare(data, replace(preprocessing, reduced_decoding=True), 2**31 - 1)
+    if variant in ("full", "halvings"):
+        reduced = replace(preprocessing, reduced_decoding=variant == "halvings")
+        return prepare(data, reduced, 2**31 - 1)
     header = jpeg_header(data)
-    need_w, need_h = preprocessing.width, preprocessing.height
-    if variant == "halvings":
-        factor = reduction_factor(header.width, header.height, need_w, need_h)
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _HALVING_FLAGS[factor])
-    else:
-        pixels = simplejpeg.decode_jpeg(
-            data,
-            colorspace="BGR",
-            min_width=need_w,
-            min_height=need_h,
-            fastdct=True,
-            fastupsample=True,
-        )
+    fast = variant == "eighths_fast"
+    pixels = simplejpeg.decode_jpeg(
+        data,
+        colorspace="BGR",
+        min_width=preprocessing.width,
+        min_height=preprocessing.height,
+        fastdct=fast,
+        fastupsample=fast,
+    )
     tensor, placement = preprocess(
         np.asarray(pixels, np.uint8), preprocessing, displayed=(header.width, header.height)
     )

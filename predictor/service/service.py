@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from predictor.checkpoint import Preprocessing
+from predictor.config import Device
 from predictor.detections import Detection, FloatArray, Placement, RawDetections, to_detections
 from predictor.errors import (
     DeadlineExceeded,
@@ -61,6 +62,11 @@ class Replica(Protocol):
 
     def forward(self, tensors: Sequence[FloatArray]) -> list[RawDetections]:
         """Raw detections of up to ``max_batch`` preprocessed images."""
+        ...
+
+    @property
+    def device(self) -> Device:
+        """The device the replica runs on."""
         ...
 
     def describe_device(self) -> str:

@@ -10,11 +10,8 @@ where that cannot be had the test skips loudly, except in CI, where it fails.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
-import struct
 import subprocess
 from pathlib import Path
 
@@ -53,10 +50,7 @@ def perf_analyzer() -> Path:
 def test_perf_analyzer_runs_against_the_v2_endpoint(
     perf_analyzer: Path, small_model_prefix: Path, tmp_path: Path
 ) -> None:
-    jpeg = encode_jpeg(known_objects().image)
-    element = base64.b64encode(struct.pack("<I", len(jpeg)) + jpeg).decode()
-    data = tmp_path / "input.json"
-    data.write_text(json.dumps({"data": [{"image": {"b64": element, "shape": [1]}}]}))
+    data = write_input_data([encode_jpeg(known_objects().image)], tmp_path / "input.json")
     env = {"MODEL_PREFIX": str(small_model_prefix), "MODEL_NAME": "digits"}
     with ServerProcess({**env, "PREPROCESS_WORKERS": "2"}) as server:
         result = subprocess.run(

@@ -160,10 +160,6 @@ class Detector:
         """The device the replica runs on (its MXNet context)."""
         return Device("gpu" if self.context.device_type == "gpu" else "cpu", self.context.device_id)
 
-    def describe_device(self) -> str:
-        """The device, e.g. ``cpu(0)`` or ``gpu(1)``."""
-        return str(self.device)
-
     def warm_up(self) -> None:
         """Run every batch size once so that no request pays for graph set-up."""
         zeros = np.zeros(self.input_shape, dtype=np.float32)

@@ -66,11 +66,7 @@ class Replica(Protocol):
 
     @property
     def device(self) -> Device:
-        """The device the replica runs on."""
-        ...
-
-    def describe_device(self) -> str:
-        """The device the replica runs on, for logs and metrics labels."""
+        """The device the replica runs on (its text names it in logs and metrics labels)."""
         ...
 
 
@@ -134,7 +130,7 @@ class DetectionService:
             max_delay_s=settings.batch_max_delay_ms / 1000.0,
             queue_max=settings.queue_max,
             metrics=metrics,
-            names=[replica.describe_device() for replica in replicas],
+            names=[str(replica.device) for replica in replicas],
         )
         shape = self.preprocessing.input_shape
         width, height = self.preprocessing.width, self.preprocessing.height

@@ -106,7 +106,7 @@ bench: setup
 # server, on the shipped models (float32, and int8 for predictor) and the
 # ResNet-50 SSD 512: bench/compare.json, bench/compare.png and its section of
 # BENCHMARKS.md. `python -m bench.peer_check` checks the peers in a few minutes.
-bench-compare: setup
+bench-compare: setup perf-analyzer
 	$(BIN)/python -m bench.compare --int8
 
 # MODEL_DTYPE=int8 against float32: held-out mAP and speed (bench/int8.json).
@@ -122,7 +122,7 @@ bench-profile: setup
 # requests: the slope fitted at rest must be under 20 KiB per 1,000 requests
 # and the RSS at rest must end within 2 % of where it started. Rewrites the
 # soak section of BENCHMARKS.md, bench/soak.png and bench/soak-results.json
-# (50 to 60 minutes on 2 cores). `make test` runs a 2,000-request version
+# (30 to 60 minutes on 2 cores). `make test` runs a 2,000-request version
 # (tests/test_soak.py).
 soak: setup
 	$(BIN)/python -m bench.soak --requests 100000 --rest-every 10000

@@ -48,6 +48,9 @@ setup(
             "jsonschema",
             "pyyaml",
             "types-pyyaml",
+            # bench/reduced_decoding.py measures libjpeg-turbo's TurboJPEG scaling against
+            # OpenCV's (BENCHMARKS.md, "Reduced-scale decoding"); the server does not use it.
+            "simplejpeg",
             "types-jsonschema",
             # Open Inference Protocol v2 tests: NVIDIA's own client as the client.
             "tritonclient[http]",

@@ -36,9 +36,15 @@ warm-up. Models: the shipped SSD 300, and GluonCV's ``ssd_512_resnet50_v1``
 With ``--int8`` the shipped model is also served and measured offline as a
 ``predictor quantize`` checkpoint (rows with ``dtype`` int8).
 
-Writes ``bench/compare.json`` (one row per model, contender, view, dtype and
-concurrency), ``bench/compare.png`` and the section of ``BENCHMARKS.md``
-between its markers.
+predictor is also driven by NVIDIA's perf_analyzer (`bench.perf_analyzer_load`)
+on its v2 endpoint, right after `bench.loadgen`'s levels in the same server
+process: a second load generator whose C++ clients take less of the two cores.
+The peers do not speak the Open Inference Protocol, so only predictor has
+those rows; every row says which generator made it (``load_generator``).
+
+Writes ``bench/compare.json`` (one row per model, contender, view, dtype,
+concurrency and load generator), ``bench/compare.png`` and the section of
+``BENCHMARKS.md`` between its markers.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ from bench.mms import ModelServer
 from bench.offline_limit import measure_offline_with_threads
 from bench.peer_handler import VIEWS
 from bench.peer_venv import PeerServer
+from bench.perf_analyzer_load import PerfAnalyzerError, PerfAnalyzerResult, run_level
+from bench.perf_analyzer_load import available as perf_analyzer_available
+from bench.perf_analyzer_load import write_input_data as write_perf_analyzer_data
 from bench.plain_model import MODEL_CODES
 from bench.rayserve import RayServe
 from bench.torchserve import TorchServe
@@ -86,6 +95,11 @@ CONTENDERS = ("predictor", "naive", *PEERS)
 # The one view of the contenders that are not peers (see the module's docstring).
 OWN_VIEW = {"predictor": "as_deployed", "naive": "same_handler", "offline": "same_handler"}
 BATCH_DELAY_MS = 5
+# Which load generator made a row: ours (every contender) or perf_analyzer (predictor's v2).
+LOADGEN = "bench.loadgen"
+PERF_ANALYZER = "perf_analyzer"
+# predictor's model name on the v2 route, for perf_analyzer.
+V2_MODEL_NAME = "bench"
 RESNET_PREFIX = WORK / "resnet50" / "resnet50_ssd_model"
 INT8_PREFIX = WORK / "int8" / "ssd300_digits_shapes-int8"
 
@@ -249,6 +263,8 @@ class Endpoint:
 
     url: str
     form_field: str | None = None
+    v2_port: int | None = None
+    """The loopback port of an Open Inference Protocol route (predictor only)."""
 
 
 @contextmanager
@@ -267,11 +283,12 @@ def contender(
             # Nothing may be refused or timed out: every contender answers everything.
             "QUEUE_MAX": "1024",
             "REQUEST_TIMEOUT_MS": "3600000",
+            "MODEL_NAME": V2_MODEL_NAME,
         }
         if case.cpu_threads is not None:
             env["MODEL_CPU_THREADS"] = str(case.cpu_threads)
         with ServerProcess(env) as server:
-            yield Endpoint(server.url + "/predict")
+            yield Endpoint(server.url + "/predict", v2_port=server.port)
     elif name == "naive":
         naive = NaiveServer(prefix, case.edge, model_code)
         try:
@@ -315,6 +332,54 @@ def run_levels(
     return results
 
 
+def perf_analyzer_levels(
+    endpoint: Endpoint, input_data: Path, case: ModelCase, label: str
+) -> list[PerfAnalyzerResult]:
+    """perf_analyzer at every concurrency level on a running predictor's v2 route."""
+    assert endpoint.v2_port is not None, "only predictor has a v2 route"
+    results = []
+    for concurrency, requests in case.levels.items():
+        result = run_level(
+            endpoint.v2_port,
+            V2_MODEL_NAME,
+            input_data,
+            concurrency,
+            requests,
+            case.time_limit_s * 6,
+        )
+        print(
+            f"  {label + ' (perf_analyzer)':>30} c={concurrency:3d}: "
+            f"{result.throughput_rps:6.2f} req/s, p50 {result.p50_ms:8.1f} ms, "
+            f"p99 {result.p99_ms:8.1f} ms, {result.requests} requests",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def perf_analyzer_rows(
+    case: ModelCase, dtype: str, runs: list[list[PerfAnalyzerResult]]
+) -> list[dict[str, Any]]:
+    """predictor's rows as perf_analyzer measured them: each figure the mean over rounds."""
+    rows = []
+    for level in zip(*runs, strict=True):
+        rows.append(
+            {
+                "model": case.name,
+                "contender": "predictor",
+                "view": OWN_VIEW["predictor"],
+                "dtype": dtype,
+                "concurrency": level[0].concurrency,
+                "throughput_rps": round(sum(r.throughput_rps for r in level) / len(level), 3),
+                "p50_ms": round(sum(r.p50_ms for r in level) / len(level), 1),
+                "p99_ms": round(sum(r.p99_ms for r in level) / len(level), 1),
+                "load_generator": PERF_ANALYZER,
+            }
+        )
+    return rows
+
+
 def rows_for(
     case: ModelCase, who: Contender, dtype: str, results: list[LoadResult]
 ) -> list[dict[str, Any]]:
@@ -329,6 +394,7 @@ def rows_for(
             "throughput_rps": round(r.throughput_rps, 3),
             "p50_ms": round(r.percentile_ms(50), 1),
             "p99_ms": round(r.percentile_ms(99), 1),
+            "load_generator": LOADGEN,
         }
         for r in results
     ]
@@ -346,6 +412,7 @@ def offline_rows(case: ModelCase, dtype: str, offline: dict[str, Any]) -> list[d
             "throughput_rps": round(offline["limit_rps"], 3),
             "p50_ms": round(offline["single_image_ms"], 1),
             "p99_ms": None,
+            "load_generator": None,
         }
         for concurrency in case.levels
     ]
@@ -359,8 +426,13 @@ def measure_case(
     contenders: tuple[Contender, ...],
     details: dict[str, Any],
     baseline_model: str,
+    perf_data: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Offline limit, then each contender's server under load."""
+    """Offline limit, then each contender's server under load.
+
+    With ``perf_data`` (perf_analyzer's input file), predictor is driven by
+    perf_analyzer too, in the same server process after our own levels.
+    """
     print(f"{case.name} ({dtype}): offline limit ...", file=sys.stderr, flush=True)
     offline_args = (
         prefix,
@@ -393,12 +465,22 @@ def measure_case(
     bodies = [path.read_bytes() for path in files]
     rows = offline_rows(case, dtype, offline)
     runs: dict[Contender, list[list[LoadResult]]] = {who: [] for who in contenders}
+    perf_runs: list[list[PerfAnalyzerResult]] = []
     for round_index in range(case.rounds):
         shift = round_index % len(contenders)
         for who in contenders[shift:] + contenders[:shift]:
             batch = offline["best_batch"]
             with contender(who, case, prefix, batch, dtype, baseline_model) as endpoint:
                 runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
+                if perf_data is not None and who.name == "predictor":
+                    label = f"{who} {dtype}"
+                    try:
+                        perf_runs.append(perf_analyzer_levels(endpoint, perf_data, case, label))
+                    except PerfAnalyzerError as exc:
+                        # Hours of other figures are not thrown away for it: reported instead.
+                        print(f"  perf_analyzer failed: {exc}", file=sys.stderr, flush=True)
+                        details[f"{case.name}/{dtype}"]["perf_analyzer_error"] = str(exc)[-500:]
+                        perf_data = None
     for who in contenders:
         results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[who], strict=True)]
         rows += rows_for(case, who, dtype, results)
@@ -406,6 +488,8 @@ def measure_case(
             str(r.concurrency): {"requests": sum(r.statuses.values()), "statuses": r.statuses}
             for r in results
         }
+    if perf_runs:
+        rows += perf_analyzer_rows(case, dtype, perf_runs)
     return rows
 
 
@@ -479,9 +563,15 @@ def row_label(row: dict[str, Any]) -> str:
     return who if who in OWN_VIEW else f"{who} ({row['view'].replace('_', ' ')})"
 
 
-def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+def by_our_load_generator(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows every contender has: those `bench.loadgen` measured, and the offline limit."""
+    return [r for r in rows if r.get("load_generator") != PERF_ANALYZER]
+
+
+def verdicts(all_rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the measured figures and met / NOT met."""
     lines = []
+    rows = by_our_load_generator(all_rows)
 
     def at(model: str, who: str, concurrency: int, view: str = "") -> dict[str, Any] | None:
         view = view or OWN_VIEW.get(who, "same_handler")
@@ -551,6 +641,19 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 f"- {case.name}: efficiency at concurrency 16 (predictor / offline limit) "
                 f"**{efficiency:.2f}**; target >= 0.9: {'met' if efficiency >= 0.9 else 'NOT met'}."
             )
+        driven = find(
+            all_rows,
+            model=case.name,
+            dtype="float32",
+            concurrency=16,
+            load_generator=PERF_ANALYZER,
+        )
+        if driven and limit:
+            efficiency = driven["throughput_rps"] / limit["throughput_rps"]
+            lines.append(
+                f"- {case.name}: the same under perf_analyzer (v2 route): "
+                f"**{efficiency:.2f}**; target >= 0.9: {'met' if efficiency >= 0.9 else 'NOT met'}."
+            )
     return lines
 
 
@@ -605,9 +708,10 @@ def method_text(meta: dict[str, Any]) -> str:
 
 
 def render_section(
-    rows: list[dict[str, Any]], details: dict[str, Any], meta: dict[str, Any]
+    all_rows: list[dict[str, Any]], details: dict[str, Any], meta: dict[str, Any]
 ) -> str:
     """The BENCHMARKS.md section: set-up, one table per model and view, the targets."""
+    rows = by_our_load_generator(all_rows)
     lines = [
         "## Side by side: predictor, the model servers of its field, a naive server, "
         "the offline limit",
@@ -675,8 +779,48 @@ def render_section(
                         f"{row['p50_ms']:.1f} | {p99} |"
                     )
             lines.append("")
-    lines += ["Targets (float32):", "", *verdicts(rows), ""]
+        lines += load_generator_table(all_rows, model, dtype)
+        if "perf_analyzer_error" in detail:
+            lines += [f"perf_analyzer failed here: `{detail['perf_analyzer_error']}`", ""]
+    lines += ["Targets (float32):", "", *verdicts(all_rows), ""]
     return "\n".join(lines)
+
+
+def load_generator_table(rows: list[dict[str, Any]], model: str, dtype: str) -> list[str]:
+    """predictor under both load generators, side by side; nothing if perf_analyzer did not run."""
+    driven = [
+        r
+        for r in rows
+        if (r["model"], r["dtype"], r.get("load_generator")) == (model, dtype, PERF_ANALYZER)
+    ]
+    if not driven:
+        return []
+    lines = [
+        "predictor under two load generators: `bench.loadgen` (Python clients, `/predict`) "
+        "and NVIDIA's perf_analyzer (C++ clients, `/v2/models/NAME/infer`):",
+        "",
+        "| concurrency | bench.loadgen (req/s) | p50 | p99 | perf_analyzer (req/s) | p50 | p99 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for theirs in sorted(driven, key=lambda r: r["concurrency"]):
+        ours = find(
+            rows,
+            model=model,
+            dtype=dtype,
+            contender="predictor",
+            concurrency=theirs["concurrency"],
+            load_generator=LOADGEN,
+        )
+        left = (
+            f"{ours['throughput_rps']:.2f} | {ours['p50_ms']:.1f} | {ours['p99_ms']:.1f}"
+            if ours
+            else " | | "
+        )
+        lines.append(
+            f"| {theirs['concurrency']} | {left} | {theirs['throughput_rps']:.2f} | "
+            f"{theirs['p50_ms']:.1f} | {theirs['p99_ms']:.1f} |"
+        )
+    return [*lines, ""]
 
 
 def contender_key(row: dict[str, Any]) -> str:
@@ -695,6 +839,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    driven = [r for r in rows if r.get("load_generator") == PERF_ANALYZER]
+    rows = by_our_load_generator(rows)
     keys = sorted({(r["model"], r["dtype"]) for r in rows}, key=lambda k: (k[1], k[0]))
     figure, axes = plt.subplots(len(keys), 3, figsize=(15, 4 * len(keys)), squeeze=False)
     styles: dict[str, dict[str, Any]] = {
@@ -729,6 +875,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     if any(y is None for y in ys):
                         continue
                     axes[line][column].plot(xs, ys, label=row_label(mine[0]), **look)
+        theirs = sorted(
+            (r for r in driven if (r["model"], r["dtype"]) == (model, dtype)),
+            key=lambda r: r["concurrency"],
+        )
+        for column, field in enumerate(("throughput_rps", "p50_ms", "p99_ms")) if theirs else ():
+            axes[line][column].plot(
+                [r["concurrency"] for r in theirs],
+                [r[field] for r in theirs],
+                label="predictor (perf_analyzer, v2)",
+                color="tab:blue",
+                linestyle="--",
+                marker="x",
+            )
         for column, title in enumerate(("throughput (req/s)", "p50 latency (ms)", "p99 (ms)")):
             axis = axes[line][column]
             axis.set_xscale("log", base=2)
@@ -771,6 +930,11 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=300)
     parser.add_argument("--photos", type=int, default=24, help="distinct JPEGs to send")
     parser.add_argument("--smoke", action="store_true", help="tiny counts: proves the tooling")
+    parser.add_argument(
+        "--no-perf-analyzer",
+        action="store_true",
+        help="skip the second load generator (perf_analyzer on predictor's v2 route)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "compare.json")
     parser.add_argument("--png", type=Path, default=ROOT / "bench" / "compare.png")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -785,13 +949,22 @@ def main() -> None:
     if args.smoke:
         chosen = [shrink(case) for case in chosen]
     files = make_photos(WORK / "photos", args.photos)
+    perf_data = None
+    if not args.no_perf_analyzer and any(who.name == "predictor" for who in contenders):
+        if not perf_analyzer_available():
+            parser.error(
+                "perf_analyzer is not installed: `make perf-analyzer`, or --no-perf-analyzer"
+            )
+        perf_data = write_perf_analyzer_data(
+            [path.read_bytes() for path in files], WORK / "perf_analyzer_input.json"
+        )
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     for case in chosen:
         if case.prefix == RESNET_PREFIX:
             ensure_resnet()
         rows += measure_case(
-            case, case.prefix, "float32", files, contenders, details, args.baseline_model
+            case, case.prefix, "float32", files, contenders, details, args.baseline_model, perf_data
         )
     if args.int8 and any(case.name == SMALL.name for case in chosen):
         ensure_int8(args.calib, args.calib_images)
@@ -804,6 +977,7 @@ def main() -> None:
             (Contender("predictor", OWN_VIEW["predictor"]),),
             details,
             args.baseline_model,
+            perf_data,
         )
     command = "make bench-compare" if not args.smoke else "python -m bench.compare --smoke"
     if args.baseline_model != "plain":

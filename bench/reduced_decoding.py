@@ -1,12 +1,24 @@
 """What reduced-scale JPEG decoding costs in detections, and what it saves in time.
 
 A checkpoint may allow libjpeg's DCT scaling (``reduced_decoding`` in its
-preprocessing declaration): a large photo is decoded at 1/2, 1/4 or 1/8 of
-its size when that still covers the network input. This runs the same model
-on the same photos both ways and reports, per photo size: the decode +
-preprocess time, how many detections (above the default threshold) agree
-(same class, IoU >= 0.5), the largest probability difference among them, and
-the largest box-edge shift in pixels of the original image.
+preprocessing declaration): a large photo is decoded at a fraction of its
+size that still covers the network input. This runs the same model on the
+same photos four ways, interleaved photo by photo:
+
+- ``full``: full-size decoding (what a checkpoint without the flag gets);
+- ``halvings``: OpenCV's 1/2, 1/4 or 1/8 (what predictor does);
+- ``eighths``: libjpeg-turbo's TurboJPEG API (simplejpeg) at any eighth
+  (3/8, 5/8, ...), the smallest that covers the input;
+- ``eighths_fast``: the same with TurboJPEG's fast integer IDCT and fast
+  upsampling.
+
+The last two are not used by the server: they are measured here to decide
+whether they should be (BENCHMARKS.md, "Reduced-scale decoding").
+
+Per photo size: the decode + preprocess time of each, and against ``full``
+how many detections (above the default threshold) agree (same class, IoU
+>= 0.5), the largest probability difference among them, and the largest
+box-edge shift in pixels of the original image.
 
     python -m bench.reduced_decoding [--model PREFIX] [--photos 24]
 
@@ -23,15 +35,46 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import simplejpeg
+
+from predictor.checkpoint import Preprocessing
 from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec
 from predictor.detections import Detection, to_detections
-from predictor.runtime.imaging import prepare
+from predictor.runtime.imaging import (
+    PreparedImage,
+    jpeg_header,
+    prepare,
+    preprocess,
+)
 from predictor.runtime.model import load_detectors
 from tests.support.photos import make_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 THRESHOLD = 0.5
+VARIANTS = ("full", "halvings", "eighths", "eighths_fast")
+
+
+def prepare_variant(data: bytes, variant: str, preprocessing: Preprocessing) -> PreparedImage:
+    """Decode + preprocess one photo the way ``variant`` says (the photos carry no EXIF)."""
+    if variant in ("full", "halvings"):
+        reduced = replace(preprocessing, reduced_decoding=variant == "halvings")
+        return prepare(data, reduced, 2**31 - 1)
+    header = jpeg_header(data)
+    fast = variant == "eighths_fast"
+    pixels = simplejpeg.decode_jpeg(
+        data,
+        colorspace="BGR",
+        min_width=preprocessing.width,
+        min_height=preprocessing.height,
+        fastdct=fast,
+        fastupsample=fast,
+    )
+    tensor, placement = preprocess(
+        np.asarray(pixels, np.uint8), preprocessing, displayed=(header.width, header.height)
+    )
+    return PreparedImage(tensor, placement)
 
 
 def _iou(a: Detection, b: Detection) -> float:
@@ -75,50 +118,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / SHIPPED_MODEL_PREFIX)
     parser.add_argument("--photos", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     detector = load_detectors(args.model, 0, None, DeviceSpec(), 1)[0]
-    allowed = replace(detector.preprocessing, reduced_decoding=True)
-    full_size = replace(detector.preprocessing, reduced_decoding=False)
+    if detector.preprocessing.resize != "stretch":
+        parser.error(f"{args.model}: only stretched inputs are compared here")
     rows: dict[str, dict[str, Any]] = {}
     for path in make_photos(WORK / "photos", args.photos):
         data = path.read_bytes()
-        answers = {}
-        for name, preprocessing in (("full", full_size), ("reduced", allowed)):
-            times = []
-            for _ in range(args.repeats):
+        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        for _ in range(args.repeats):
+            for variant in VARIANTS:
                 started = time.perf_counter()
-                image = prepare(data, preprocessing, 2**31 - 1)
-                times.append((time.perf_counter() - started) * 1000.0)
+                prepare_variant(data, variant, detector.preprocessing)
+                times[variant].append((time.perf_counter() - started) * 1000.0)
+        found = {}
+        for variant in VARIANTS:
+            image = prepare_variant(data, variant, detector.preprocessing)
             (raw,) = detector.forward([image.tensor])
-            answers[name] = (
-                to_detections(raw, image.placement, detector.classes, THRESHOLD),
-                statistics.median(times),
-            )
+            found[variant] = to_detections(raw, image.placement, detector.classes, THRESHOLD)
         size = path.stem.rsplit("_", 1)[-1]
-        row = rows.setdefault(
-            size, {"photos": 0, "full_ms": [], "reduced_ms": [], "comparisons": []}
-        )
+        row = rows.setdefault(size, {"photos": 0, **{v: [] for v in VARIANTS}, "comparisons": {}})
         row["photos"] += 1
-        row["full_ms"].append(answers["full"][1])
-        row["reduced_ms"].append(answers["reduced"][1])
-        row["comparisons"].append(compare(answers["full"][0], answers["reduced"][0]))
+        for variant in VARIANTS:
+            row[variant].append(statistics.median(times[variant]))
+            if variant != "full":
+                row["comparisons"].setdefault(variant, []).append(
+                    compare(found["full"], found[variant])
+                )
     sizes: dict[str, Any] = {}
     report = {"model": str(args.model), "threshold": THRESHOLD, "sizes": sizes}
     for size, row in rows.items():
-        comparisons = row["comparisons"]
         sizes[size] = {
             "photos": row["photos"],
-            "decode_preprocess_ms_full": round(statistics.median(row["full_ms"]), 2),
-            "decode_preprocess_ms_reduced": round(statistics.median(row["reduced_ms"]), 2),
-            "detections_full": sum(c["full"] for c in comparisons),
-            "detections_reduced": sum(c["reduced"] for c in comparisons),
-            "matched": sum(c["matched"] for c in comparisons),
-            "max_probability_difference": round(
-                max(c["max_probability_difference"] for c in comparisons), 4
-            ),
-            "max_edge_shift_px": max(c["max_edge_shift_px"] for c in comparisons),
+            **{
+                f"decode_preprocess_ms_{variant}": round(statistics.median(row[variant]), 2)
+                for variant in VARIANTS
+            },
         }
+        for variant, comparisons in row["comparisons"].items():
+            sizes[size][f"against_full_{variant}"] = {
+                "detections_full": sum(c["full"] for c in comparisons),
+                "detections": sum(c["reduced"] for c in comparisons),
+                "matched": sum(c["matched"] for c in comparisons),
+                "max_probability_difference": round(
+                    max(c["max_probability_difference"] for c in comparisons), 4
+                ),
+                "max_edge_shift_px": max(c["max_edge_shift_px"] for c in comparisons),
+            }
     out = ROOT / "bench" / "reduced_decoding.json"
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))

@@ -95,7 +95,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from predictor.checkpoint import Checkpoint
 from predictor.errors import ConfigError
@@ -132,6 +132,18 @@ class ModelSpec:
     epoch: int = 0
     # MODEL_EDGE: a square input size overriding the checkpoint's declaration.
     edge: int | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device one model replica runs on."""
+
+    kind: Literal["cpu", "gpu"]
+    index: int = 0
+
+    def __str__(self) -> str:
+        """MXNet's spelling of its context, e.g. ``cpu(0)`` or ``gpu(1)``."""
+        return f"{self.kind}({self.index})"
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,17 @@ from bench.compare import (
     find,
     offline_rows,
     parse_contenders,
+    perf_analyzer_rows,
     render_section,
     rows_for,
     shrink,
+    verdicts,
 )
 from bench.loadgen import LoadResult, drive
 from bench.peer_check import compare_answers
 from bench.peer_handler import HandlerConfig, PeerDetector, decode_as_deployed
 from bench.peer_venv import PeerProcess
+from bench.perf_analyzer_load import PerfAnalyzerResult
 from bench.plain_model import PlainDetector, load_baseline_model
 from predictor.detections import to_detections
 from predictor.runtime.imaging import prepare
@@ -148,14 +151,23 @@ def _rows(case: ModelCase) -> list[dict[str, Any]]:
     rows = offline_rows(case, "float32", {"limit_rps": 30.0, "single_image_ms": 33.0})
     for who, rps in rates.items():
         rows += rows_for(case, who, "float32", [_results(c, rps) for c in case.levels])
-    return rows
+    # perf_analyzer on predictor's v2 route, two rounds: 27 and 29 req/s.
+    rounds = [
+        [PerfAnalyzerResult(c, rps, 40.0, 90.0, 30) for c in case.levels] for rps in (27.0, 29.0)
+    ]
+    return rows + perf_analyzer_rows(case, "float32", rounds)
 
 
 def test_rows_keep_their_schema_and_say_their_view() -> None:
     case = shrink(SMALL)
     rows = _rows(case)
     fields = {"model", "contender", "view", "dtype", "concurrency", "throughput_rps"}
-    assert all(set(row) == fields | {"p50_ms", "p99_ms"} for row in rows)
+    assert all(set(row) == fields | {"p50_ms", "p99_ms", "load_generator"} for row in rows)
+    generators = {(row["contender"], row["load_generator"]) for row in rows}
+    assert ("predictor", "perf_analyzer") in generators and ("mms", "bench.loadgen") in generators
+    assert {g for who, g in generators if who != "predictor"} <= {"bench.loadgen", None}
+    driven = find(rows, contender="predictor", load_generator="perf_analyzer", concurrency=1)
+    assert driven is not None and driven["throughput_rps"] == pytest.approx(28.0)
     views = {(row["contender"], row["view"]) for row in rows}
     assert views == {
         ("offline", "same_handler"),
@@ -201,6 +213,16 @@ def test_the_section_has_a_table_per_view_with_predictor_in_both() -> None:
     # predictor 20 req/s against MMS's 16 with the same handler, and Ray Serve's 25 beats it.
     targets = text.split("Targets (float32):")[1]
     assert "NOT met: rayserve (as deployed) at concurrency 1 (25.00 vs 20.00)" in targets
+    # perf_analyzer's rows have their own table and efficiency line, and nothing else.
+    assert "| 1 | 20.00 | 150.0 | 200.0 | 28.00 | 40.0 | 90.0 |" in text
+    assert "28.00" not in same and "28.00" not in deployed.split("predictor under two")[0]
+
+
+def test_targets_judge_our_load_generator_and_report_perf_analyzer_beside_it() -> None:
+    lines = verdicts(_rows(SMALL))
+    # 20 req/s of an offline 30 under bench.loadgen; 28 under perf_analyzer.
+    assert any("(predictor / offline limit) **0.67**; target >= 0.9: NOT met" in x for x in lines)
+    assert any("under perf_analyzer (v2 route): **0.93**; target >= 0.9: met" in x for x in lines)
 
 
 def test_handler_configuration_round_trips_and_refuses_unknown_views(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from predictor.checkpoint import Checkpoint
-from predictor.config import DeviceSpec
+from predictor.config import Device, DeviceSpec
 from predictor.data import FixtureObject, render_fixture
 from predictor.detections import Placement, RawDetections, to_detections
 from predictor.errors import CheckpointError
@@ -80,6 +80,8 @@ def test_contexts_for_devices() -> None:
     assert contexts_for(DeviceSpec()) == [mx.cpu(0)]
     assert contexts_for(DeviceSpec(cpu_replicas=2)) == [mx.cpu(0), mx.cpu(1)]
     assert contexts_for(DeviceSpec(gpus=(0, 2))) == [mx.gpu(0), mx.gpu(2)]
+    # The typed device says what MXNet's context says (the v2 model configuration uses it).
+    assert [str(Device("gpu", i)) for i in (0, 2)] == [str(mx.gpu(0)), str(mx.gpu(2))]
 
 
 def test_class_count_is_read_from_the_symbol(small_model_prefix: Path) -> None:

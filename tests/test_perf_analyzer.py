@@ -10,33 +10,28 @@ where that cannot be had the test skips loudly, except in CI, where it fails.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.perf_analyzer_load import (
+    PERF_ANALYZER,
+    available,
+    cuda_runtime_dir,
+    run_level,
+    write_input_data,
+)
 from tests.support.server_process import ServerProcess
 
 from .conftest import REPO_ROOT, encode_jpeg, known_objects
 
-PERF_DIR = REPO_ROOT / "build" / "perf-analyzer"
-PERF_ANALYZER = PERF_DIR / "bin" / "perf_analyzer"
-
-
-def _cuda_runtime_dir() -> Path:
-    found = sorted(PERF_DIR.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    assert found, f"no CUDA runtime wheel under {PERF_DIR}"
-    return found[0]
-
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
-    if not (PERF_DIR / ".installed").is_file():
+    if not available():
         made = subprocess.run(
             ["make", "-s", "-C", str(REPO_ROOT), "perf-analyzer"],
             capture_output=True,
@@ -55,10 +50,7 @@ def perf_analyzer() -> Path:
 def test_perf_analyzer_runs_against_the_v2_endpoint(
     perf_analyzer: Path, small_model_prefix: Path, tmp_path: Path
 ) -> None:
-    jpeg = encode_jpeg(known_objects().image)
-    element = base64.b64encode(struct.pack("<I", len(jpeg)) + jpeg).decode()
-    data = tmp_path / "input.json"
-    data.write_text(json.dumps({"data": [{"image": {"b64": element, "shape": [1]}}]}))
+    data = write_input_data([encode_jpeg(known_objects().image)], tmp_path / "input.json")
     env = {"MODEL_PREFIX": str(small_model_prefix), "MODEL_NAME": "digits"}
     with ServerProcess({**env, "PREPROCESS_WORKERS": "2"}) as server:
         result = subprocess.run(
@@ -85,7 +77,7 @@ def test_perf_analyzer_runs_against_the_v2_endpoint(
                 "--max-trials",
                 "3",
             ],
-            env={**os.environ, "LD_LIBRARY_PATH": str(_cuda_runtime_dir())},
+            env={**os.environ, "LD_LIBRARY_PATH": str(cuda_runtime_dir())},
             capture_output=True,
             text=True,
             timeout=300,
@@ -106,3 +98,20 @@ def test_perf_analyzer_runs_against_the_v2_endpoint(
     assert status == 200
     success = stats["model_stats"][0]["inference_stats"]["success"]["count"]
     assert success >= sent
+
+
+def test_perf_analyzer_as_the_benchmarks_load_generator(
+    perf_analyzer: Path, small_model_prefix: Path, tmp_path: Path
+) -> None:
+    """`make bench-compare`'s second load generator: two JPEGs round-robin, its CSV parsed."""
+    bodies = [encode_jpeg(known_objects().image), encode_jpeg(known_objects().image[:, ::-1])]
+    data = write_input_data(bodies, tmp_path / "input.json")
+    env = {"MODEL_PREFIX": str(small_model_prefix), "MODEL_NAME": "digits"}
+    with ServerProcess(env) as server:
+        assert server.port is not None
+        result = run_level(server.port, "digits", data, 2, 30, timeout_s=300)
+        status, stats = server.request("/v2/models/digits/stats")
+    assert status == 200
+    assert result.concurrency == 2 and result.requests == 30
+    assert result.throughput_rps > 0 and 0 < result.p50_ms <= result.p99_ms
+    assert stats["model_stats"][0]["inference_stats"]["success"]["count"] >= result.requests

@@ -28,15 +28,17 @@ import tritonclient.utils as triton_utils
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from predictor.config import Settings
+from predictor.config import Device, Settings
 from predictor.detections import Detection
 from predictor.errors import ConfigError
 from predictor.http.app import REGISTRY_KEY, create_app
 from predictor.http.v2_codec import (
     HEADER_LENGTH,
     RequestedOutput,
+    ServingConfig,
     V2RequestError,
     encode_infer_response,
+    model_config,
     parse_infer_request,
 )
 from predictor.runtime.model import Detector
@@ -767,3 +769,28 @@ def test_bad_model_names_and_v2_paths_stop_start_up(environ: dict[str, str], nam
         Settings.from_env(environ=environ)
     assert str(error.value).startswith(named), str(error.value)
     assert Settings.from_env(environ={**environ, "MODEL_NAME": "ok", "REST_ENTRY_POINT": "/p"})
+
+
+@pytest.mark.parametrize(
+    ("devices", "instances"),
+    [
+        ((Device("cpu", 0),), [{"kind": "KIND_CPU", "count": 1}]),
+        ((Device("cpu", 0), Device("cpu", 1)), [{"kind": "KIND_CPU", "count": 2}]),
+        # One replica per GPU, as MODEL_CONTEXT_GPU=0,2 loads them (no GPU needed to say so).
+        ((Device("gpu", 0), Device("gpu", 2)), [{"kind": "KIND_GPU", "count": 1, "gpus": [0, 2]}]),
+    ],
+)
+def test_model_config_states_the_replicas_devices(
+    devices: tuple[Device, ...], instances: list[dict[str, object]]
+) -> None:
+    serving = ServingConfig(
+        max_images=4,
+        batch_max_size=8,
+        batch_max_delay_ms=5.0,
+        queue_max=64,
+        request_timeout_ms=10000.0,
+        devices=devices,
+        parameters={},
+    )
+    config = model_config("digits", serving)
+    assert config["instance_group"] == [{"name": "digits", **one} for one in instances]

@@ -132,7 +132,7 @@ class V2Routes:
             batch_max_delay_ms=settings.batch_max_delay_ms,
             queue_max=settings.queue_max,
             request_timeout_ms=settings.request_timeout_ms,
-            devices=tuple(replica.describe_device() for replica in service.replicas),
+            devices=tuple(replica.device for replica in service.replicas),
             parameters={
                 "source": service.source,
                 "classes": ",".join(service.classes),

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from predictor import __version__
-from predictor.config import parse_probability
+from predictor.config import Device, parse_probability
 from predictor.detections import Detection
 from predictor.errors import InvalidInput
 
@@ -544,7 +544,7 @@ class ServingConfig:
     batch_max_delay_ms: float
     queue_max: int
     request_timeout_ms: float
-    devices: tuple[str, ...]  # one per replica, e.g. ("cpu(0)",) or ("gpu(0)", "gpu(1)")
+    devices: tuple[Device, ...]  # one per replica
     parameters: dict[str, str]
 
 
@@ -556,7 +556,7 @@ def model_config(model_name: str, serving: ServingConfig) -> dict[str, Any]:
     and the dynamic batcher forms forward passes of up to ``batch_max_size``,
     waiting at most ``batch_max_delay_ms`` and queueing at most ``queue_max``.
     """
-    gpus = [int(d[4:-1]) for d in serving.devices if d.startswith("gpu(")]
+    gpus = [device.index for device in serving.devices if device.kind == "gpu"]
     if gpus:
         instances = [{"name": model_name, "kind": "KIND_GPU", "count": 1, "gpus": gpus}]
     else:

@@ -37,7 +37,7 @@ from predictor.checkpoint import (
     Preprocessing,
     read_class_names,
 )
-from predictor.config import DeviceSpec
+from predictor.config import Device, DeviceSpec
 from predictor.detections import FloatArray, RawDetections
 from predictor.errors import CheckpointError, InferenceError
 from predictor.runtime.graph import fuse_for_cpu, merge_detection_head
@@ -155,9 +155,10 @@ class Detector:
                 f"{self.checkpoint.symbol_path} predicts {expected}"
             )
 
-    def describe_device(self) -> str:
-        """The device, e.g. ``cpu(0)`` or ``gpu(1)``."""
-        return str(self.context)
+    @property
+    def device(self) -> Device:
+        """The device the replica runs on (its MXNet context)."""
+        return Device("gpu" if self.context.device_type == "gpu" else "cpu", self.context.device_id)
 
     def warm_up(self) -> None:
         """Run every batch size once so that no request pays for graph set-up."""

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from predictor.checkpoint import Preprocessing
+from predictor.config import Device
 from predictor.detections import Detection, FloatArray, Placement, RawDetections, to_detections
 from predictor.errors import (
     DeadlineExceeded,
@@ -63,8 +64,9 @@ class Replica(Protocol):
         """Raw detections of up to ``max_batch`` preprocessed images."""
         ...
 
-    def describe_device(self) -> str:
-        """The device the replica runs on, for logs and metrics labels."""
+    @property
+    def device(self) -> Device:
+        """The device the replica runs on (its text names it in logs and metrics labels)."""
         ...
 
 
@@ -128,7 +130,7 @@ class DetectionService:
             max_delay_s=settings.batch_max_delay_ms / 1000.0,
             queue_max=settings.queue_max,
             metrics=metrics,
-            names=[replica.describe_device() for replica in replicas],
+            names=[str(replica.device) for replica in replicas],
         )
         shape = self.preprocessing.input_shape
         width, height = self.preprocessing.width, self.preprocessing.height

@@ -14,7 +14,7 @@ import pytest
 from predictor.checkpoint import Checkpoint
 from predictor.config import Device, DeviceSpec
 from predictor.data import FixtureObject, render_fixture
-from predictor.detections import Placement, RawDetections, to_detections
+from predictor.detections import Detection, Placement, RawDetections, to_detections
 from predictor.errors import CheckpointError
 from predictor.runtime.imaging import decode, to_tensor
 from predictor.runtime.model import Detector, contexts_for, load_detectors, network_class_count
@@ -189,11 +189,21 @@ def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detect
     ]
     assert found[0], "the model finds the objects"
     assert [d.object_class for d in found[0]] == [d.object_class for d in found[1]]
-    # One network-input pixel is 13.3 x 10 pixels of this photo: allow two of them
-    # (measured: at most 4 pixels apart).
+    # The same objects in the same places: one network-input pixel is 13.3 x 10 pixels of
+    # this photo, and where two anchors score alike the slightly different input may pick
+    # the other one. Measured: the first digits network's boxes at most 4 px apart; issue
+    # 16's network (11,636 anchors) moves the 3's box by 52 px of 4000 (IoU 0.86).
     for a, b in zip(*found, strict=True):
-        assert abs(a.x - b.x) <= 27 and abs(a.width - b.width) <= 27, (a, b)
-        assert abs(a.y - b.y) <= 20 and abs(a.height - b.height) <= 20, (a, b)
+        assert _box_iou(a, b) >= 0.8, (a, b)
+        assert abs(a.probability - b.probability) <= 0.02, (a, b)
+
+
+def _box_iou(a: Detection, b: Detection) -> float:
+    """Intersection over union of two detections' pixel boxes."""
+    width = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
+    height = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
+    inter = width * height
+    return inter / (a.width * a.height + b.width * b.height - inter)
 
 
 def test_fused_cpu_graph_computes_what_the_checkpoint_says(

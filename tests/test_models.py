@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bench.peer_check import compare_answers
 from predictor.config import DeviceSpec, Settings
 from predictor.http.app import create_app
 from predictor.runtime.model import Detector, load_detectors
@@ -83,8 +84,11 @@ async def test_each_request_is_answered_by_the_model_it_names(
     )
     default, fruit, digits = answers[0:4], answers[4:8], answers[8:12]
     v2_fruit, v2_digits = answers[12:14], answers[14:16]
+    # Batched with other requests, the same image may differ from its answer alone in the
+    # last float digits (oneDNN sums in another order for another batch size).
     for answer in default + digits:
-        assert answer == alone_digits, "the default model is the first one, digits"
+        difference = compare_answers({"prediction": alone_digits}, {"prediction": answer})
+        assert difference is None, f"the default model is the first one, digits: {difference}"
     assert {"3", "7", "circle"} <= {d["objectClass"] for d in alone_digits}
     for answer in fruit:
         assert answer, "the random fruit network reports something at 0.05"

@@ -485,7 +485,7 @@ async def test_render_keeps_the_limits(
     client = await client_with(
         aiohttp_client, small_settings, detectors, max_body_bytes=65536, max_image_pixels=250_000
     )
-    heavy = encode_jpeg(scene(18, 640, 480), quality=100)
+    heavy = encode_jpeg(scene(18, 800, 600), quality=100)
     assert len(heavy) > 65536
     tall = encode_jpeg(scene(18, 200, 1500), quality=50)
     for body in (heavy, tall):

@@ -26,7 +26,9 @@ is what the server keeps; under load (sampled once a second) it also holds
 the bodies, photos and tensors of the requests in flight, tens of MiB that
 come and go with the load's level. Memory is flat when, after the warm-up,
 
-- the RSS at rest ends within ``--max-growth`` (2 %) of where it started, and
+- the RSS at rest ends less than ``--max-growth`` (2 %) above where it started
+  and above its lowest reading at rest (a one-off release after the warm-up
+  must not hide a leak that follows it; a fall is not a failure), and
 - the least-squares slope of the RSS at rest over the requests is under
   ``--max-slope-kib`` (20 KiB per 1,000 requests).
 
@@ -226,6 +228,17 @@ class SoakReport:
         return (self.rss_end - self.rss_start) / self.rss_start
 
     @property
+    def rise_from_lowest(self) -> float:
+        """(end - lowest) / lowest of the RSS at rest after warm-up.
+
+        What a leak adds after the server last gave memory back: in the builder image
+        the first rest once held 40-60 MiB that every later rest had released, and from
+        that higher start a leaking build ended only +2.8 % (tests/test_soak.py).
+        """
+        lowest = min(s.rss_bytes for s in self.rests_after_warmup())
+        return (self.rss_end - lowest) / lowest
+
+    @property
     def slope_bytes_per_1000(self) -> float:
         """The judged slope: least-squares fit of the RSS at rest after warm-up, per 1,000."""
         return _fit_per_1000(self.rests_after_warmup())
@@ -271,12 +284,13 @@ class SoakReport:
     def passed(self, max_growth: float, max_slope_bytes: float) -> bool:
         """Flat memory, and every request got the status its case expects.
 
-        Flat: after warm-up the RSS at rest ends within ``max_growth`` (a
-        fraction) of where it started, and its least-squares slope is under
-        ``max_slope_bytes`` per 1,000 requests.
+        Flat: after warm-up the RSS at rest ends less than ``max_growth`` (a
+        fraction) above where it started and above its lowest rest, and its
+        least-squares slope is under ``max_slope_bytes`` per 1,000 requests.
         """
         return (
-            abs(self.growth) < max_growth
+            self.growth < max_growth
+            and self.rise_from_lowest < max_growth
             and self.slope_bytes_per_1000 < max_slope_bytes
             and not self.unexpected
         )
@@ -291,7 +305,8 @@ class SoakReport:
             f"statuses {dict(sorted(self.statuses.items()))}",
             f"RSS at rest after warm-up ({self.warmup_requests} requests) "
             f"{self.rss_start / mib:.1f} MiB, at rest at the end {self.rss_end / mib:.1f} MiB, "
-            f"max under load {self.rss_max / mib:.1f} MiB: growth {100 * self.growth:+.2f} %, "
+            f"max under load {self.rss_max / mib:.1f} MiB: growth {100 * self.growth:+.2f} % "
+            f"(above the lowest rest {100 * self.rise_from_lowest:+.2f} %), "
             f"slope at rest {self.slope_bytes_per_1000 / 1024:+.1f} KiB per 1,000 requests "
             f"(second half {self.late_slope_bytes_per_1000 / 1024:+.1f}; less files "
             f"{self.private_slope_bytes_per_1000 / 1024:+.1f}; under load "

@@ -3,8 +3,9 @@
 2,000 requests of the soak's mix (photos of many sizes, progressive,
 grayscale, EXIF-rotated, 12- and 16-bit, drawn answers, v2 binary and JSON,
 refused bodies) through a real `predictor serve`, its RSS read at rest
-(idle, and trimmed) after the warm-up (the first 800) and every 400 requests
-after it. The RSS at rest must end within `MAX_GROWTH` of where it started,
+(idle, and trimmed) after the warm-up (the first 400) and every 400 requests
+after it. The RSS at rest must end less than `MAX_GROWTH` above where it
+started and above its lowest reading,
 the slope fitted to it must stay under `MAX_SLOPE`, every answer must be the
 expected one, and SIGTERM must stop the server with exit code 0. The
 100,000-request figures and their plot are in BENCHMARKS.md.
@@ -19,15 +20,15 @@ from __future__ import annotations
 from bench.soak import SoakReport, soak
 
 REQUESTS = 2_000
-WARMUP = 0.4
+WARMUP = 0.2
 REST_EVERY = 400
-# The warm-up was 400 requests until issue 16's digits network (11,636 anchors). With
-# it, in the builder image (2026-11-29: this test and the leaking one), the first rest
-# after 400 requests held 43 to 60 MiB more anonymous memory than every later rest, all
-# of it given back by the rest at 800; a run on the host did not show it (463.7 MiB at
-# 400, 465.9 at 800), and its cause is not known. From a baseline at 400 that drop hid
-# the leaking build (+2.8 %); from 800 the same runs give +0.7 % clean, +10.7 % leaking.
-# Bounds for 1,200 requests after the warm-up, measured on 2 cores shared with
+# In the builder image (2026-11-29, since issue 16's digits network, three runs) the
+# first rest after the warm-up, at 400 or at 800 requests, held 40-60 MiB more anonymous
+# memory than every later rest; a run on the host did not (463.7 MiB at 400, 465.9 at
+# 800), and the cause is not known. From that higher start a leaking build ended only
+# +2.8 % and +0.2 %, so growth is also judged from the lowest rest
+# (`SoakReport.rise_from_lowest`): +10.7 % and +6.8 % for those two runs.
+# Bounds for 1,600 requests after the warm-up, measured on 2 cores shared with
 # other work. Fitted under load (before issue 15's at-rest fit) the server ended
 # +1.3 % to +2.2 % with slopes of +2 to +12 MiB per 1,000 requests; at rest
 # (2026-11-29, two runs) it ended -0.33 % and +0.28 % with +0.1 and +0.7 MiB
@@ -58,7 +59,8 @@ def run(leak_bytes: int = 0) -> SoakReport:
 
 def test_rss_stays_flat_over_2000_requests() -> None:
     report = run()
-    assert abs(report.growth) < MAX_GROWTH, report.summary()
+    assert report.growth < MAX_GROWTH, report.summary()
+    assert report.rise_from_lowest < MAX_GROWTH, report.summary()
     assert report.slope_bytes_per_1000 < MAX_SLOPE, report.summary()
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadResult, drive
+from predictor.checkpoint import Checkpoint
 from predictor.config import SHIPPED_MODEL_PREFIX, DeviceSpec, Settings
 from predictor.offline import detect_files
 from predictor.runtime.imaging import prepare
@@ -259,8 +260,9 @@ def main() -> None:
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
-        "model": str(settings.model_prefix),
-        "edge": settings.model_edge,
+        "model": _shown_path(settings.model_prefix),
+        # The server's MODEL_EDGE, else the side the checkpoint declares (preprocess.json).
+        "edge": settings.model_edge or Checkpoint(settings.model_prefix).preprocessing()[0].width,
         "photos": len(files),
         "batch_max_size": batch_max_size,
         "batch_max_delay_ms": args.batch_max_delay_ms,
@@ -281,6 +283,12 @@ def main() -> None:
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(args.markdown, render_section(report))
     print(f"wrote {args.json} and {args.markdown}", file=sys.stderr)
+
+
+def _shown_path(prefix: Path) -> str:
+    """``prefix`` relative to the repository when it is inside it, as README shows paths."""
+    resolved = Path(prefix).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(prefix)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from predictor.detections import Detection, Placement, RawDetections, to_detecti
 from predictor.errors import CheckpointError
 from predictor.runtime.imaging import decode, to_tensor
 from predictor.runtime.model import Detector, contexts_for, load_detectors, network_class_count
+from predictor.training.detection_metrics import iou_matrix
 
 from .conftest import SMALL_CLASSES, SMALL_EDGE, encode_jpeg
 
@@ -200,10 +201,8 @@ def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detect
 
 def _box_iou(a: Detection, b: Detection) -> float:
     """Intersection over union of two detections' pixel boxes."""
-    width = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
-    height = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
-    inter = width * height
-    return inter / (a.width * a.height + b.width * b.height - inter)
+    corners = [(d.x, d.y, d.x + d.width, d.y + d.height) for d in (a, b)]
+    return float(iou_matrix(corners[:1], corners[1:])[0, 0])
 
 
 def test_fused_cpu_graph_computes_what_the_checkpoint_says(

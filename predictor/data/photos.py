@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -134,9 +135,7 @@ def prepare_photos(out_dir: Path, roots: tuple[Path, ...] = WALLPAPER_ROOTS) -> 
             continue  # a placeholder or an unreadable file: not a background
         target = out_dir / part / f"{wallpaper.name}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(
-            str(target), _downscale(np.asarray(image, np.uint8)), [cv2.IMWRITE_JPEG_QUALITY, 92]
-        )
+        _write_background(image, target)
         counts[part] += 1
     if not counts["train"] or not counts["withheld"]:
         raise MissingAssetError(
@@ -170,11 +169,7 @@ def write_hard_negatives(out_dir: Path, roots: tuple[Path, ...] = HARD_NEGATIVE_
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise MissingAssetError(f"cannot read the hard-negative photo {path}")
-        cv2.imwrite(
-            str(out_dir / f"{name}.jpg"),
-            _downscale(np.asarray(image, np.uint8)),
-            [cv2.IMWRITE_JPEG_QUALITY, 92],
-        )
+        _write_background(image, out_dir / f"{name}.jpg")
     return len(found)
 
 
@@ -257,6 +252,14 @@ def _wallpaper_name(path: Path) -> str:
     if base and suffix.replace("x", "").isdigit():
         return base
     return stem
+
+
+def _write_background(image: NDArray[Any], target: Path) -> None:
+    """``image`` (as OpenCV read it) as the JPEG a photo library loads: at most
+    `_LONGEST_SIDE`, quality 92."""
+    cv2.imwrite(
+        str(target), _downscale(np.asarray(image, np.uint8)), [cv2.IMWRITE_JPEG_QUALITY, 92]
+    )
 
 
 def _downscale(image: Image) -> Image:

@@ -14,6 +14,10 @@
 #      health, user, read-only root and a `docker stop` under load;
 #   6. removes its containers and dangling images, keeps the tagged images
 #      (README's commands then work as shown) and says how much disk they use.
+# Every run's builder layers are new (CHECK_RUN), so the build cache grows by
+# about the builder image's size per run: it is cut to IMAGE_CHECK_CACHE_KEEP
+# before and after the builds, and the check stops early, saying so, when
+# Docker's data directory has less than IMAGE_CHECK_MIN_FREE_GIB free.
 # Fails when any step fails: with root and apt-get an engine must run here.
 #
 #   docker/image-check.sh          the check
@@ -23,7 +27,10 @@
 # Environment: DOCKER (default /usr/bin/docker: Debian's client, which builds
 # with BuildKit), IMAGE_CA_FILE (extra CA certificates for the builds, default
 # this machine's /etc/ssl/certs/ca-certificates.crt; empty: none),
-# IMAGE_CHECK_GPU=standin (also build the GPU variant's stages, see README.md).
+# IMAGE_CHECK_GPU=standin (also build the GPU variant's stages, see README.md),
+# IMAGE_CHECK_CACHE_KEEP (build cache kept, default 10GB: the pip cache and the
+# last run's layers), IMAGE_CHECK_MIN_FREE_GIB (default 12: the builder image
+# is about 4.3 GB, its layers as much again in the cache, the runtime 0.8 GB).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -117,6 +124,23 @@ else
 fi
 note "engine: $("$DOCKER" version --format 'Docker {{.Server.Version}}'), $("$DOCKER" info --format '{{.Driver}}, cgroup v{{.CgroupVersion}}')"
 
+# The disk. A CI run once failed in pip with "No space left on device" after
+# a day of checks had left 48 GB of build cache.
+cache_keep=${IMAGE_CHECK_CACHE_KEEP:-10GB}
+min_free_gib=${IMAGE_CHECK_MIN_FREE_GIB:-12}
+prune_build_cache() {
+    # Docker 20.10's BuildKit can fail to prune a cache record it still
+    # leases: not a failure of the images, so only said.
+    "$DOCKER" builder prune --force --keep-storage "$cache_keep" >/dev/null 2>&1 \
+        || note "(docker builder prune failed; the build cache was left as it was)"
+}
+prune_build_cache
+data_root=$("$DOCKER" info --format '{{.DockerRootDir}}')
+free_gib=$(df --output=avail -BG "$data_root" | tail -n 1 | tr -dc 0-9)
+note "disk: $free_gib GiB free under $data_root (build cache kept to $cache_keep)"
+[ "$free_gib" -ge "$min_free_gib" ] \
+    || fail "only $free_gib GiB free under $data_root, Docker's data directory; the builds need about $min_free_gib GiB (IMAGE_CHECK_MIN_FREE_GIB). See what holds it with: $DOCKER system df"
+
 # What the builds need from this machine to reach PyPI and Debian: extra CA
 # certificates (a TLS-intercepting proxy) and pip's index, as build secrets;
 # proxy variables as Docker's predefined build arguments (kept out of history).
@@ -171,12 +195,9 @@ if ! "$root/.venv/bin/python" "$root/docker/smoke.py" --image predictor:cpu --do
 fi
 note "container ready: $(awk '/^SMOKE-READY-S/ { print $2 }' "$logs/smoke.log") s"
 
-# 6. Tidy up: containers (trap), dangling images, build cache older than a week.
+# 6. Tidy up: containers (trap), dangling images, build cache over its bound.
 "$DOCKER" image prune --force >/dev/null
-# Docker 20.10's BuildKit can fail to prune a cache record it still leases:
-# not a failure of the images, so only said.
-"$DOCKER" builder prune --force --filter until=168h >/dev/null 2>&1 \
-    || note "(docker builder prune failed; the build cache was left as it was)"
+prune_build_cache
 note "images:"
 # (docker trims the format's leading spaces: indent afterwards.)
 "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \

@@ -47,14 +47,54 @@ def test_the_merged_head_needs_a_few_concatenations_not_one_per_class(
     assert merged.list_arguments() == symbol.list_arguments()
 
 
+IMAGE_SHAPE = (3, SMALL_EDGE, SMALL_EDGE)
+
+
+def test_with_the_input_shape_only_the_suppressions_candidates_are_built(
+    small_model_prefix: Path,
+) -> None:
+    symbol = load_symbol(small_model_prefix)
+    selected = merge_detection_head(symbol, IMAGE_SHAPE)
+    counts = operator_counts(selected)
+    assert counts["topk"] == 1
+    assert counts["Concat"] == 4
+    assert counts["_contrib_box_nms"] == 1
+    (nms,) = [n for n in json.loads(selected.tojson())["nodes"] if n["op"] == "_contrib_box_nms"]
+    _, (candidates_shape,), _ = selected.get_internals()[nms["inputs"][0][0]].infer_shape(
+        data=(2, *IMAGE_SHAPE)
+    )
+    assert candidates_shape == (2, int(nms["attrs"]["topk"]), 6)
+    assert selected.list_outputs() == symbol.list_outputs()
+    assert selected.list_arguments() == symbol.list_arguments()
+
+
+def test_a_suppression_that_keeps_every_candidate_gets_them_all(
+    small_model_prefix: Path,
+) -> None:
+    """``topk`` over all anchors x classes would fail: the full merged list instead."""
+    graph = json.loads(load_symbol(small_model_prefix).tojson())
+    for node in graph["nodes"]:
+        if node["op"] == "_contrib_box_nms":
+            node["attrs"]["topk"] = str(10**8)
+    symbol = mx.sym.load_json(json.dumps(graph))
+    merged = merge_detection_head(symbol, IMAGE_SHAPE)
+    assert operator_counts(merged)["topk"] == 0
+    assert operator_counts(merged)["Concat"] == 4
+    batch = scenes_and_noise(2)
+    plain = run_symbol(symbol, small_model_prefix, batch)
+    for a, b in zip(plain, run_symbol(merged, small_model_prefix, batch), strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("input_shape", [None, IMAGE_SHAPE], ids=["every-row", "best-rows"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_the_merged_head_gives_the_same_detections_bit_for_bit(
-    small_model_prefix: Path, batch_size: int
+    small_model_prefix: Path, batch_size: int, input_shape: tuple[int, ...] | None
 ) -> None:
     symbol = load_symbol(small_model_prefix)
     batch = scenes_and_noise(batch_size)
     plain = run_symbol(symbol, small_model_prefix, batch)
-    merged = run_symbol(merge_detection_head(symbol), small_model_prefix, batch)
+    merged = run_symbol(merge_detection_head(symbol, input_shape), small_model_prefix, batch)
     assert (plain[1] > 0.5).any(), "the scenes have objects the model finds"
     for a, b in zip(plain, merged, strict=True):
         assert a.shape == b.shape

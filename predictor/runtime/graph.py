@@ -10,12 +10,22 @@ back to disk:
   concatenates (class id, score, box) along the last axis, then concatenates
   the C blocks. That is C + 1 concatenations over every anchor, and MXNet's
   concatenation along a last axis of 1 to 6 values copies element by element.
-  On the shipped SSD it was 12 % of the float32 forward pass and 20 % of the
-  int8 one. The rewrite lays the same values out as (batch, 6, C * anchors)
-  with one concatenation along axis 1, where whole rows are copied, and one
-  transpose, so the suppression sees the same candidates in the same order:
-  the outputs are equal bit for bit (tested on the shipped, int8 and
-  ResNet-50 graphs).
+  Yet the suppression (``box_nms`` with ``topk`` K, GluonCV's ``nms_topk``,
+  400) only ever looks at the K best-scoring rows. The rewrite therefore
+  picks those K rows by score (``topk``), puts them back in GluonCV's
+  class-major order, and gathers their ids and boxes: the suppression sees
+  the same K candidates in the same order, so the outputs are equal bit for
+  bit (tests: the shipped float32 and int8 graphs; the ResNet-50 SSD 512 was
+  checked by hand). On the shipped digits SSD (13 classes x 11,636 anchors)
+  it saves about a quarter of the forward pass (BENCHMARKS.md, "Forward
+  cost"). The one case where the candidates
+  can differ: the K-th and (K+1)-th best rows having exactly equal scores
+  (``topk`` then need not take the earlier one, as the suppression's stable
+  sort would); both rank K-th, far below any answer's threshold.
+  Where K is not set, or not smaller than classes x anchors, the same values
+  are laid out as (batch, 6, C * anchors) with one concatenation along axis
+  1, where whole rows are copied, and one transpose (12 % of the first
+  shipped SSD's float32 forward pass, 20 % of the int8 one).
 
 A graph that does not have the exact shape the rewrite expects is returned
 unchanged.
@@ -56,10 +66,14 @@ def fuse_for_cpu(symbol: mx.sym.Symbol, context: mx.Context) -> mx.sym.Symbol:
         return symbol
 
 
-def merge_detection_head(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
-    """The symbol with GluonCV's per-class candidate concatenation done in one step.
+def merge_detection_head(
+    symbol: mx.sym.Symbol, input_shape: tuple[int, ...] | None = None
+) -> mx.sym.Symbol:
+    """The symbol with GluonCV's per-class candidates built in one step, only the best.
 
-    Returns ``symbol`` itself when its head is not GluonCV's SSD head.
+    ``input_shape`` (one image's, e.g. ``(3, 300, 300)``) tells how many
+    candidates there are; without it every candidate is kept. Returns
+    ``symbol`` itself when its head is not GluonCV's SSD head.
     """
     graph = json.loads(symbol.tojson())
     nodes: list[Node] = graph["nodes"]
@@ -78,7 +92,12 @@ def merge_detection_head(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
     if not outputs.issuperset(names):  # a multi-output node names its outputs otherwise
         return symbol
     class_ids, scores, boxes = (internals[name] for name in names)
-    merged = _candidates(class_ids, scores, boxes, len(nodes[candidates]["inputs"]))
+    classes = len(nodes[candidates]["inputs"])
+    keep = int(nodes[nms].get("attrs", {}).get("topk", "-1"))
+    if 0 < keep < _candidate_count(scores, input_shape):
+        merged = _best_candidates(class_ids, scores, boxes, keep)
+    else:
+        merged = _candidates(class_ids, scores, boxes, classes)
     rebuilt = _rebuild_from(nodes, nms, {candidates: merged})
     if rebuilt is None:
         return symbol
@@ -154,6 +173,46 @@ def _candidates(
     box_rows = per_class_boxes.reshape((0, 0, -1))
     planar = mx.sym.concat(ids_row, scores_row, box_rows, dim=1)
     return mx.sym.transpose(planar, axes=(0, 2, 1))
+
+
+def _candidate_count(scores: mx.sym.Symbol, input_shape: tuple[int, ...] | None) -> int:
+    """Anchors x classes for one image of ``input_shape``; 0 when it cannot be told."""
+    if input_shape is None:
+        return 0
+    try:
+        _, out_shapes, _ = scores.infer_shape_partial(data=(1, *input_shape))
+    except mx.base.MXNetError:
+        return 0
+    if not out_shapes or not out_shapes[0] or 0 in out_shapes[0]:
+        return 0
+    _, anchors, classes = out_shapes[0]
+    return int(anchors * classes)
+
+
+def _best_candidates(
+    class_ids: mx.sym.Symbol, scores: mx.sym.Symbol, boxes: mx.sym.Symbol, keep: int
+) -> mx.sym.Symbol:
+    """(batch, keep, 6): the ``keep`` best-scoring rows of `_candidates`, in its order.
+
+    The order matters: the suppression sorts by score stably, so among equal
+    scores the earlier row (lower class, then lower anchor) must come first,
+    as it does in GluonCV's list.
+    """
+    ids_by_class = mx.sym.transpose(class_ids, axes=(0, 2, 1)).reshape((0, -1))
+    scores_by_class = mx.sym.transpose(scores, axes=(0, 2, 1)).reshape((0, -1))
+    best = mx.sym.topk(scores_by_class, axis=1, k=keep, ret_typ="indices", dtype="int32")
+    best = mx.sym.sort(best, axis=1)
+    images = mx.sym.contrib.index_array(best, axes=(0,)).reshape((0, 0)).astype("int32")
+    anchor_count = mx.sym.slice_axis(mx.sym.shape_array(scores), axis=0, begin=1, end=2)
+    anchors = mx.sym.broadcast_mod(best, anchor_count.astype("int32"))
+    at_row = mx.sym.stack(images, best, axis=0)
+    at_anchor = mx.sym.stack(images, anchors, axis=0)
+    return mx.sym.concat(
+        mx.sym.gather_nd(ids_by_class, at_row).expand_dims(-1),
+        mx.sym.gather_nd(scores_by_class, at_row).expand_dims(-1),
+        mx.sym.gather_nd(boxes, at_anchor),
+        dim=-1,
+    )
 
 
 def _rebuild_from(

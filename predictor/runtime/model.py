@@ -314,7 +314,7 @@ def _load_symbol_block(
     # Files written by `export` prefix names with "arg:" / "aux:"; Gluon's do not.
     weights = {name.split(":", 1)[-1]: value for name, value in loaded.items()}
     _check_parameter_shapes(symbol, weights, checkpoint, input_shape)
-    symbol = fuse_for_cpu(merge_detection_head(symbol), context)
+    symbol = fuse_for_cpu(merge_detection_head(symbol, input_shape), context)
     try:
         with warnings.catch_warnings():
             # Gluon warns that the "data" input has no type annotation; it is float32.

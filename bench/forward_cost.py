@@ -12,7 +12,9 @@ reported. Every core runs the forward pass (MODEL_CPU_THREADS = cores).
 
 `--model` adds a checkpoint to the same run (e.g. the digits model a retrain
 replaces, against the one it ships), so that the ratio of two networks comes
-from one machine state.
+from one machine state. `--every-candidate NAME` also times network NAME with
+the detection head that hands non-maximum suppression every candidate, as
+before the head built only the ``topk`` best (`predictor/runtime/graph.py`).
 
 Writes bench/forward_cost.json.
 """
@@ -20,11 +22,14 @@ Writes bench/forward_cost.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from predictor.runtime.threads import configure_openmp
 
@@ -42,6 +47,13 @@ def main() -> None:
         default=[],
         metavar="NAME=PREFIX",
         help="another checkpoint to time beside the shipped ones",
+    )
+    parser.add_argument(
+        "--every-candidate",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also time NAME with every candidate handed to the suppression",
     )
     args = parser.parse_args()
     extra = dict(_named_prefix(spec, parser) for spec in args.model)
@@ -62,10 +74,18 @@ def main() -> None:
         "ssd300_digits_shapes": ROOT / SHIPPED_MODEL_PREFIX,
         **extra,
     }
+    unknown = set(args.every_candidate) - prefixes.keys()
+    if unknown:
+        parser.error(f"--every-candidate: no network named {', '.join(sorted(unknown))}")
     detectors = {
         name: load_detectors(prefix, 0, None, DeviceSpec(), max(batches))[0]
         for name, prefix in prefixes.items()
     }
+    for name in args.every_candidate:
+        with _every_candidate_head():
+            detectors[f"{name} (every candidate)"] = load_detectors(
+                prefixes[name], 0, None, DeviceSpec(), max(batches)
+            )[0]
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in detectors}
     for _ in range(args.repeats):
         for batch in batches:
@@ -89,6 +109,27 @@ def main() -> None:
     out = ROOT / "bench" / "forward_cost.json"
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
+
+
+@contextlib.contextmanager
+def _every_candidate_head() -> Iterator[None]:
+    """Detectors loaded inside get the head rewrite without the ``topk`` selection.
+
+    The rewrite selects only when it is told the input shape; this hides it
+    from the loader (a benchmark's comparison, not a setting users need).
+    """
+    from predictor.runtime import graph, model
+
+    def every_candidate(symbol: Any, input_shape: tuple[int, ...] | None = None) -> Any:
+        return graph.merge_detection_head(symbol)
+
+    # The loader's own reference to the rewrite (the module imports it by name).
+    selecting = getattr(model, "merge_detection_head")  # noqa: B009
+    setattr(model, "merge_detection_head", every_candidate)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(model, "merge_detection_head", selecting)  # noqa: B010
 
 
 def _named_prefix(spec: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:

@@ -159,13 +159,23 @@ def load_symbol(prefix: Path) -> mx.sym.Symbol:
         return mx.sym.load(f"{prefix}-symbol.json")
 
 
-def run_symbol(
-    symbol: mx.sym.Symbol, prefix: Path, batch: npt.NDArray[np.float32]
-) -> list[npt.NDArray[np.float32]]:
-    """Outputs of ``symbol`` with the checkpoint's weights, as the server runs it (CPU, fused)."""
-    weights = {
+def load_weights(prefix: Path) -> dict[str, mx.nd.NDArray]:
+    """The checkpoint's weights by name, as the server loads them."""
+    return {
         name.split(":", 1)[-1]: value for name, value in mx.nd.load(f"{prefix}-0000.params").items()
     }
+
+
+def run_symbol(
+    symbol: mx.sym.Symbol,
+    prefix: Path,
+    batch: npt.NDArray[np.float32],
+    weights: dict[str, mx.nd.NDArray] | None = None,
+) -> list[npt.NDArray[np.float32]]:
+    """Outputs of ``symbol`` with the checkpoint's weights (or ``weights``), as the
+    server runs it (CPU, fused)."""
+    if weights is None:
+        weights = load_weights(prefix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock(fuse_for_cpu(symbol, mx.cpu()), mx.sym.var("data"))

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from predictor.runtime.graph import merge_detection_head
+from predictor.runtime.graph import FOLDED_ANCHORS, fold_anchors, merge_detection_head
 from predictor.runtime.imaging import prepare
 
-from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, run_symbol, scene
+from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, load_weights, run_symbol, scene
 
 
 def operator_counts(symbol: mx.sym.Symbol) -> Counter[str]:
@@ -127,3 +127,58 @@ def test_per_class_blocks_out_of_order_are_left_as_they_are() -> None:
     assert merge_detection_head(suppressed) is suppressed
     in_order = mx.sym.contrib.box_nms(mx.sym.concat(*blocks[::-1], dim=1), overlap_thresh=0.5)
     assert operator_counts(merge_detection_head(in_order))["Concat"] == 1
+
+
+def test_folded_anchors_are_one_constant_instead_of_a_product_per_map(
+    small_model_prefix: Path,
+) -> None:
+    symbol, weights = load_symbol(small_model_prefix), load_weights(small_model_prefix)
+    folded, folded_weights = fold_anchors(symbol, weights, IMAGE_SHAPE)
+    before, after = operator_counts(symbol), operator_counts(folded)
+    maps = before["slice_like"]
+    assert maps >= 6, "GluonCV cuts one anchor constant per feature map"
+    assert after["slice_like"] == 0
+    assert after["_mul_scalar"] == before["_mul_scalar"] - maps
+    anchor_constants = {name for name in weights if "anchor" in name}
+    assert len(anchor_constants) == maps
+    assert anchor_constants.isdisjoint(folded_weights)
+    assert FOLDED_ANCHORS in folded.list_arguments()
+    assert set(folded_weights) == set(folded.list_arguments()) - {"data"} | set(
+        folded.list_auxiliary_states()
+    )
+    assert folded_weights[FOLDED_ANCHORS].shape[0] == 1
+    assert folded.list_outputs() == symbol.list_outputs()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_folded_anchors_give_the_same_detections_bit_for_bit(
+    small_model_prefix: Path, batch_size: int
+) -> None:
+    symbol, weights = load_symbol(small_model_prefix), load_weights(small_model_prefix)
+    batch = scenes_and_noise(batch_size)
+    plain = run_symbol(symbol, small_model_prefix, batch)
+    folded, folded_weights = fold_anchors(symbol, weights, IMAGE_SHAPE)
+    served = run_symbol(
+        merge_detection_head(folded, IMAGE_SHAPE), small_model_prefix, batch, folded_weights
+    )
+    assert (plain[1] > 0.5).any(), "the scenes have objects the model finds"
+    for a, b in zip(plain, served, strict=True):
+        assert a.shape == b.shape
+        assert np.array_equal(a, b)
+
+
+def test_anchors_computed_from_the_images_values_stay_in_the_graph() -> None:
+    predictions = mx.sym.var("predictions")
+    from_pixels = mx.sym.var("data").reshape((1, -1, 4)) * 2
+    decoded = mx.sym.contrib.box_decode(predictions, from_pixels)
+    weights = {"predictions": mx.nd.zeros((1, 4, 4))}
+    assert fold_anchors(decoded, weights, (4, 2, 2)) == (decoded, weights)
+    # Read for its shape only (slice_like's second input), they are folded.
+    table = mx.nd.arange(64).reshape((1, 1, 4, 4, 4))
+    cut = mx.sym.slice_like(mx.sym.var("table"), mx.sym.var("data") * 0, axes=(2, 3))
+    shaped = mx.sym.contrib.box_decode(predictions, cut.reshape((1, -1, 4)))
+    folded, folded_weights = fold_anchors(shaped, {**weights, "table": table}, (4, 2, 2))
+    assert operator_counts(folded)["slice_like"] == 0
+    assert "table" not in folded_weights
+    expected = table.asnumpy()[:, :, :2, :2, :].reshape((1, -1, 4))
+    assert np.array_equal(folded_weights[FOLDED_ANCHORS].asnumpy(), expected)

@@ -12,9 +12,10 @@ reported. Every core runs the forward pass (MODEL_CPU_THREADS = cores).
 
 `--model` adds a checkpoint to the same run (e.g. the digits model a retrain
 replaces, against the one it ships), so that the ratio of two networks comes
-from one machine state. `--every-candidate NAME` also times network NAME with
-the detection head that hands non-maximum suppression every candidate, as
-before the head built only the ``topk`` best (`predictor/runtime/graph.py`).
+from one machine state. `--plain-head NAME` also times network NAME as it was
+loaded before two rewrites of `predictor/runtime/graph.py`: its anchors
+computed on every pass (not folded), and every candidate handed to the
+non-maximum suppression (not only the ``topk`` best).
 
 Writes bench/forward_cost.json.
 """
@@ -49,11 +50,11 @@ def main() -> None:
         help="another checkpoint to time beside the shipped ones",
     )
     parser.add_argument(
-        "--every-candidate",
+        "--plain-head",
         action="append",
         default=[],
         metavar="NAME",
-        help="also time NAME with every candidate handed to the suppression",
+        help="also time NAME without the anchor folding and the candidate selection",
     )
     args = parser.parse_args()
     extra = dict(_named_prefix(spec, parser) for spec in args.model)
@@ -74,16 +75,16 @@ def main() -> None:
         "ssd300_digits_shapes": ROOT / SHIPPED_MODEL_PREFIX,
         **extra,
     }
-    unknown = set(args.every_candidate) - prefixes.keys()
+    unknown = set(args.plain_head) - prefixes.keys()
     if unknown:
-        parser.error(f"--every-candidate: no network named {', '.join(sorted(unknown))}")
+        parser.error(f"--plain-head: no network named {', '.join(sorted(unknown))}")
     detectors = {
         name: load_detectors(prefix, 0, None, DeviceSpec(), max(batches))[0]
         for name, prefix in prefixes.items()
     }
-    for name in args.every_candidate:
-        with _every_candidate_head():
-            detectors[f"{name} (every candidate)"] = load_detectors(
+    for name in args.plain_head:
+        with _plain_head():
+            detectors[f"{name} (plain head)"] = load_detectors(
                 prefixes[name], 0, None, DeviceSpec(), max(batches)
             )[0]
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in detectors}
@@ -112,24 +113,30 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def _every_candidate_head() -> Iterator[None]:
-    """Detectors loaded inside get the head rewrite without the ``topk`` selection.
+def _plain_head() -> Iterator[None]:
+    """Detectors loaded inside keep GluonCV's anchors and get every candidate.
 
-    The rewrite selects only when it is told the input shape; this hides it
-    from the loader (a benchmark's comparison, not a setting users need).
+    A benchmark's comparison, not a setting users need: the loader's own
+    references to the two rewrites (its module imports them by name) are
+    swapped for the earlier behaviour while inside.
     """
     from predictor.runtime import graph, model
+
+    def keep_anchors(symbol: Any, weights: Any, input_shape: Any) -> tuple[Any, Any]:
+        return symbol, weights
 
     def every_candidate(symbol: Any, input_shape: tuple[int, ...] | None = None) -> Any:
         return graph.merge_detection_head(symbol)
 
-    # The loader's own reference to the rewrite (the module imports it by name).
-    selecting = getattr(model, "merge_detection_head")  # noqa: B009
-    setattr(model, "merge_detection_head", every_candidate)  # noqa: B010
+    swapped = {"fold_anchors": keep_anchors, "merge_detection_head": every_candidate}
+    saved = {name: getattr(model, name) for name in swapped}
+    for name, stand_in in swapped.items():
+        setattr(model, name, stand_in)
     try:
         yield
     finally:
-        setattr(model, "merge_detection_head", selecting)  # noqa: B010
+        for name, original in saved.items():
+            setattr(model, name, original)
 
 
 def _named_prefix(spec: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:

@@ -225,6 +225,18 @@ def test_targets_judge_our_load_generator_and_report_perf_analyzer_beside_it() -
     assert any("under perf_analyzer (v2 route): **0.93**; target >= 0.9: met" in x for x in lines)
 
 
+def test_peer_targets_take_the_best_peer_of_each_view() -> None:
+    lines = verdicts(_rows(SMALL))
+    deployed = [x for x in lines if "16 clients, as deployed" in x]
+    same = [x for x in lines if "16 clients, same handler" in x]
+    # As deployed: Ray Serve's 25 req/s is the best peer (MMS 8); same handler: MMS's 16.
+    assert len(deployed) == 1 and "(peers measured: mms, rayserve)" in deployed[0]
+    assert "**0.80x** the best, rayserve (as deployed) 25.0; target >= 1.5x: NOT met" in deployed[0]
+    assert len(same) == 1 and "**1.25x** the best, mms (same handler) 16.0" in same[0]
+    assert "target >= 1.2x: met" in same[0]
+    assert any("1 client: p99 predictor" in x and "target <= 1.2x: met" in x for x in lines)
+
+
 def test_handler_configuration_round_trips_and_refuses_unknown_views(tmp_path: Path) -> None:
     config = HandlerConfig(
         repo_root="/repo", prefix="ssd", edge=300, batch_size=4, view="as_deployed"

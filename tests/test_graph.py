@@ -58,6 +58,10 @@ def test_with_the_input_shape_only_the_suppressions_candidates_are_built(
     counts = operator_counts(selected)
     assert counts["topk"] == 1
     assert counts["Concat"] == 4
+    # GluonCV's thresholding over every anchor and class is gone: its table of
+    # class indices (0 + arange), and the comparison is made on 400 rows only.
+    assert operator_counts(symbol)["broadcast_add"] == 1
+    assert counts["broadcast_add"] == 0
     assert counts["_contrib_box_nms"] == 1
     (nms,) = [n for n in json.loads(selected.tojson())["nodes"] if n["op"] == "_contrib_box_nms"]
     _, (candidates_shape,), _ = selected.get_internals()[nms["inputs"][0][0]].infer_shape(
@@ -83,6 +87,24 @@ def test_a_suppression_that_keeps_every_candidate_gets_them_all(
     batch = scenes_and_noise(2)
     plain = run_symbol(symbol, small_model_prefix, batch)
     for a, b in zip(plain, run_symbol(merged, small_model_prefix, batch), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_decoder_that_is_not_gluoncvs_keeps_its_thresholding(small_model_prefix: Path) -> None:
+    """Class id -2 instead of -1 under the threshold: not GluonCV's decoder, so
+    the best rows are taken from its outputs (same detections: such rows score 0)."""
+    graph = json.loads(load_symbol(small_model_prefix).tojson())
+    (fallback,) = [
+        n for n in graph["nodes"] if n["op"] == "_mul_scalar" and n["attrs"]["scalar"] == "-1"
+    ]
+    fallback["attrs"]["scalar"] = "-2"
+    symbol = mx.sym.load_json(json.dumps(graph))
+    selected = merge_detection_head(symbol, IMAGE_SHAPE)
+    assert operator_counts(selected)["topk"] == 1
+    assert operator_counts(selected)["broadcast_add"] == 1
+    batch = scenes_and_noise(2)
+    plain = run_symbol(symbol, small_model_prefix, batch)
+    for a, b in zip(plain, run_symbol(selected, small_model_prefix, batch), strict=True):
         assert np.array_equal(a, b)
 
 

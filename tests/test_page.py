@@ -32,6 +32,7 @@ import pytest
 
 from predictor.config import SHIPPED_MODEL_PREFIX
 from predictor.data.strokes import DIGIT_TEMPLATES
+from predictor.training.detection_metrics import iou_matrix
 from tests.support.jpegs import with_exif_orientation
 from tests.support.server_process import ServerProcess
 
@@ -418,11 +419,9 @@ def pad_pixels(page: Page) -> np.ndarray[Any, np.dtype[np.uint8]]:
 
 
 def iou(a: dict[str, Any], b: tuple[int, int, int, int]) -> float:
-    ax0, ay0, ax1, ay1 = a["x"], a["y"], a["x"] + a["width"], a["y"] + a["height"]
-    w = max(0, min(ax1, b[2]) - max(ax0, b[0]))
-    h = max(0, min(ay1, b[3]) - max(ay0, b[1]))
-    union = (ax1 - ax0) * (ay1 - ay0) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union else 0.0
+    """Intersection over union of a drawn box (x, y, width, height) and a corner box."""
+    corners = (a["x"], a["y"], a["x"] + a["width"], a["y"] + a["height"])
+    return float(iou_matrix([corners], [b])[0, 0])
 
 
 # ------------------------------------------------------------------ the page itself

@@ -21,6 +21,7 @@ from predictor.data.styles import style_set
 from predictor.data.synth import FixtureObject, encode_jpeg, render_fixture
 from predictor.detections import Detection
 from predictor.runtime.render import draw_detections
+from predictor.training.detection_metrics import iou_matrix
 from predictor.training.evaluate import evaluate_checkpoint, evaluate_negatives
 from tests.support.server_process import ServerProcess
 
@@ -46,11 +47,7 @@ MAX_FALSE_DETECTIONS_IN_NEGATIVES = 4
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     """Intersection over union of two (xmin, ymin, xmax, ymax) boxes."""
-    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
+    return float(iou_matrix([a], [b])[0, 0])
 
 
 @pytest.fixture(scope="module")

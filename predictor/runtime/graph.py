@@ -21,12 +21,16 @@ back to disk:
   400) only ever looks at the K best-scoring rows. The rewrite therefore
   picks those K rows by score (``topk``), puts them back in GluonCV's
   class-major order, and gathers their ids and boxes: the suppression sees
-  the same K candidates in the same order, so the outputs are equal bit for
-  bit (tests: the shipped float32 and int8 graphs; the ResNet-50 SSD 512 was
-  checked by hand). On the shipped digits SSD (13 classes x 11,636 anchors)
-  it saves about a quarter of the forward pass (BENCHMARKS.md, "Forward
-  cost"). The one case where the candidates
-  can differ: the K-th and (K+1)-th best rows having exactly equal scores
+  the same K candidates in the same order. GluonCV's decoder first sets
+  every score at or under 0.01, over all anchors and classes, to 0 (its
+  class to -1); the selection is made on the softmax scores instead and only
+  the K rows taken are thresholded: the same rows above the threshold are
+  taken, and those under it the suppression ignores either way. The outputs
+  are equal bit for bit (tests: the shipped float32 and int8 graphs; the
+  ResNet-50 SSD 512 was checked by hand). On the shipped digits SSD (13
+  classes x 11,636 anchors) this saves about a quarter of the forward pass
+  (BENCHMARKS.md, "Forward cost"). The one case where the candidates can
+  differ: the K-th and (K+1)-th best rows having exactly equal scores
   (``topk`` then need not take the earlier one, as the suppression's stable
   sort would); both rank K-th, far below any answer's threshold.
   Where K is not set, or not smaller than classes x anchors, the same values
@@ -181,7 +185,14 @@ def merge_detection_head(
     class_ids, scores, boxes = (internals[name] for name in names)
     classes = len(nodes[candidates]["inputs"])
     keep = int(nodes[nms].get("attrs", {}).get("topk", "-1"))
-    if 0 < keep < _candidate_count(scores, input_shape):
+    thresholding = _per_class_thresholding(nodes, sources[0], sources[1], classes)
+    selecting = 0 < keep < _candidate_count(scores, input_shape)
+    if selecting and thresholding is not None:
+        softmax_scores, threshold = thresholding
+        merged = _best_thresholded_candidates(
+            internals[_output_name(nodes[softmax_scores])], boxes, keep, threshold
+        )
+    elif selecting:
         merged = _best_candidates(class_ids, scores, boxes, keep)
     else:
         merged = _candidates(class_ids, scores, boxes, classes)
@@ -276,29 +287,127 @@ def _candidate_count(scores: mx.sym.Symbol, input_shape: tuple[int, ...] | None)
     return int(anchors * classes)
 
 
+class _TopRows:
+    """The ``keep`` best-scoring (class, anchor) rows of (batch, anchors, classes) scores.
+
+    Rows are numbered class-major, as GluonCV lists its candidates, and kept
+    in that order: the suppression sorts by score stably, so among equal
+    scores the earlier row (lower class, then lower anchor) must come first.
+    """
+
+    def __init__(self, scores: mx.sym.Symbol, keep: int) -> None:
+        self.scores_by_class = mx.sym.transpose(scores, axes=(0, 2, 1)).reshape((0, -1))
+        best = mx.sym.topk(self.scores_by_class, axis=1, k=keep, ret_typ="indices", dtype="int32")
+        self.rows = mx.sym.sort(best, axis=1)
+        images = mx.sym.contrib.index_array(self.rows, axes=(0,)).reshape((0, 0)).astype("int32")
+        anchor_count = mx.sym.slice_axis(mx.sym.shape_array(scores), axis=0, begin=1, end=2)
+        self.anchor_count = anchor_count.astype("int32")
+        self.anchors = mx.sym.broadcast_mod(self.rows, self.anchor_count)
+        self.at_row = mx.sym.stack(images, self.rows, axis=0)
+        self.at_anchor = mx.sym.stack(images, self.anchors, axis=0)
+
+    def classes(self) -> mx.sym.Symbol:
+        """Each row's class index (int32)."""
+        return mx.sym.broadcast_div(self.rows - self.anchors, self.anchor_count)
+
+
 def _best_candidates(
     class_ids: mx.sym.Symbol, scores: mx.sym.Symbol, boxes: mx.sym.Symbol, keep: int
 ) -> mx.sym.Symbol:
-    """(batch, keep, 6): the ``keep`` best-scoring rows of `_candidates`, in its order.
-
-    The order matters: the suppression sorts by score stably, so among equal
-    scores the earlier row (lower class, then lower anchor) must come first,
-    as it does in GluonCV's list.
-    """
+    """(batch, keep, 6): the ``keep`` best-scoring rows of `_candidates`, in its order."""
+    top = _TopRows(scores, keep)
     ids_by_class = mx.sym.transpose(class_ids, axes=(0, 2, 1)).reshape((0, -1))
-    scores_by_class = mx.sym.transpose(scores, axes=(0, 2, 1)).reshape((0, -1))
-    best = mx.sym.topk(scores_by_class, axis=1, k=keep, ret_typ="indices", dtype="int32")
-    best = mx.sym.sort(best, axis=1)
-    images = mx.sym.contrib.index_array(best, axes=(0,)).reshape((0, 0)).astype("int32")
-    anchor_count = mx.sym.slice_axis(mx.sym.shape_array(scores), axis=0, begin=1, end=2)
-    anchors = mx.sym.broadcast_mod(best, anchor_count.astype("int32"))
-    at_row = mx.sym.stack(images, best, axis=0)
-    at_anchor = mx.sym.stack(images, anchors, axis=0)
     return mx.sym.concat(
-        mx.sym.gather_nd(ids_by_class, at_row).expand_dims(-1),
-        mx.sym.gather_nd(scores_by_class, at_row).expand_dims(-1),
-        mx.sym.gather_nd(boxes, at_anchor),
+        mx.sym.gather_nd(ids_by_class, top.at_row).expand_dims(-1),
+        mx.sym.gather_nd(top.scores_by_class, top.at_row).expand_dims(-1),
+        mx.sym.gather_nd(boxes, top.at_anchor),
         dim=-1,
+    )
+
+
+def _best_thresholded_candidates(
+    softmax_scores: mx.sym.Symbol, boxes: mx.sym.Symbol, keep: int, threshold: float
+) -> mx.sym.Symbol:
+    """`_best_candidates` of GluonCV's thresholded ids and scores, thresholding only those rows.
+
+    GluonCV's decoder sets every (anchor, class) score at or under
+    ``threshold`` to 0 and its class id to -1; the suppression ignores such
+    rows. Taking the best of the softmax scores before that finds the same
+    rows above the threshold, so the threshold need only be applied to the
+    ``keep`` rows taken, not to every anchor and class.
+    """
+    top = _TopRows(softmax_scores, keep)
+    taken = mx.sym.gather_nd(top.scores_by_class, top.at_row)
+    above = taken > threshold
+    class_ids = mx.sym.where(above, top.classes().astype("float32"), mx.sym.ones_like(taken) * -1)
+    scores = mx.sym.where(above, taken, mx.sym.zeros_like(taken))
+    return mx.sym.concat(
+        class_ids.expand_dims(-1),
+        scores.expand_dims(-1),
+        mx.sym.gather_nd(boxes, top.at_anchor),
+        dim=-1,
+    )
+
+
+def _per_class_thresholding(
+    nodes: list[Node], class_ids: int, scores: int, classes: int
+) -> tuple[int, float] | None:
+    """(softmax scores node, threshold) when ids and scores are GluonCV's
+    ``MultiPerClassDecoder`` outputs over ``classes`` classes, else None.
+
+    Its layout: ``mask = scores > threshold``;
+    ``scores = where(mask, scores, zeros_like(scores))``;
+    ``ids = where(mask, broadcast_add(zeros_like(x), reshape(arange(classes))), -ones)``.
+    """
+    id_node, score_node = nodes[class_ids], nodes[scores]
+    if id_node["op"] != "where" or score_node["op"] != "where":
+        return None
+    (mask, _, _), (index_table, _, _), (fallback_id, _, _) = id_node["inputs"]
+    (score_mask, _, _), (kept, _, _), (zeros, _, _) = score_node["inputs"]
+    mask_node = nodes[mask]
+    if score_mask != mask or mask_node["op"] != "_greater_scalar":
+        return None
+    if mask_node["inputs"][0][0] != kept or _op_of(nodes, zeros) != ("zeros_like", kept):
+        return None
+    fallback = nodes[fallback_id]
+    if fallback["op"] != "_mul_scalar" or float(fallback["attrs"]["scalar"]) != -1.0:
+        return None
+    if _op_of(nodes, fallback["inputs"][0][0]) != ("ones_like", index_table):
+        return None
+    if not _is_class_index_table(nodes, index_table, classes):
+        return None
+    return kept, float(mask_node["attrs"]["scalar"])
+
+
+def _op_of(nodes: list[Node], index: int) -> tuple[str, int | None]:
+    """(operator, its first input's node) of ``nodes[index]``."""
+    node = nodes[index]
+    return node["op"], (node["inputs"][0][0] if node["inputs"] else None)
+
+
+def _is_class_index_table(nodes: list[Node], index: int, classes: int) -> bool:
+    """True when ``nodes[index]`` is 0 + (0, 1, ..., classes - 1) along the last axis."""
+    node = nodes[index]
+    if node["op"] != "broadcast_add" or len(node["inputs"]) != 2:
+        return False
+    zeros, table = (entry[0] for entry in node["inputs"])
+    if nodes[zeros]["op"] != "zeros_like" or nodes[table]["op"] != "Reshape":
+        return False
+    shape = nodes[table]["attrs"].get("shape", "")
+    arange = nodes[nodes[table]["inputs"][0][0]]
+    attrs = arange.get("attrs", {})
+    # arange(classes): MXNet's start with no stop is the stop, counting from 0.
+    counts_classes = (attrs.get("start"), attrs.get("stop")) in (
+        (str(classes), "None"),
+        ("0", str(classes)),
+        ("0.0", str(float(classes))),
+    )
+    return (
+        arange["op"] == "_arange"
+        and counts_classes
+        and attrs.get("step", "1.0") in ("1", "1.0")
+        and attrs.get("repeat", "1") == "1"
+        and shape.replace(" ", "") == f"(1,1,{classes})"
     )
 
 

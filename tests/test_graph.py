@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mxnet as mx
 import numpy as np
@@ -50,6 +52,21 @@ def test_the_merged_head_needs_a_few_concatenations_not_one_per_class(
 IMAGE_SHAPE = (3, SMALL_EDGE, SMALL_EDGE)
 
 
+def edited(prefix: Path, edit: Callable[[list[dict[str, Any]]], None]) -> mx.sym.Symbol:
+    """The checkpoint's graph after ``edit`` changed its JSON nodes in place."""
+    graph = json.loads(load_symbol(prefix).tojson())
+    edit(graph["nodes"])
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def assert_same_outputs(symbol: mx.sym.Symbol, rewritten: mx.sym.Symbol, prefix: Path) -> None:
+    """Both graphs give equal outputs, bit for bit, on two scenes and noise."""
+    batch = scenes_and_noise(2)
+    plain = run_symbol(symbol, prefix, batch)
+    for a, b in zip(plain, run_symbol(rewritten, prefix, batch), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_with_the_input_shape_only_the_suppressions_candidates_are_built(
     small_model_prefix: Path,
 ) -> None:
@@ -76,36 +93,34 @@ def test_a_suppression_that_keeps_every_candidate_gets_them_all(
     small_model_prefix: Path,
 ) -> None:
     """``topk`` over all anchors x classes would fail: the full merged list instead."""
-    graph = json.loads(load_symbol(small_model_prefix).tojson())
-    for node in graph["nodes"]:
-        if node["op"] == "_contrib_box_nms":
-            node["attrs"]["topk"] = str(10**8)
-    symbol = mx.sym.load_json(json.dumps(graph))
+
+    def keep_every_candidate(nodes: list[dict[str, Any]]) -> None:
+        for node in nodes:
+            if node["op"] == "_contrib_box_nms":
+                node["attrs"]["topk"] = str(10**8)
+
+    symbol = edited(small_model_prefix, keep_every_candidate)
     merged = merge_detection_head(symbol, IMAGE_SHAPE)
     assert operator_counts(merged)["topk"] == 0
     assert operator_counts(merged)["Concat"] == 4
-    batch = scenes_and_noise(2)
-    plain = run_symbol(symbol, small_model_prefix, batch)
-    for a, b in zip(plain, run_symbol(merged, small_model_prefix, batch), strict=True):
-        assert np.array_equal(a, b)
+    assert_same_outputs(symbol, merged, small_model_prefix)
 
 
 def test_a_decoder_that_is_not_gluoncvs_keeps_its_thresholding(small_model_prefix: Path) -> None:
     """Class id -2 instead of -1 under the threshold: not GluonCV's decoder, so
     the best rows are taken from its outputs (same detections: such rows score 0)."""
-    graph = json.loads(load_symbol(small_model_prefix).tojson())
-    (fallback,) = [
-        n for n in graph["nodes"] if n["op"] == "_mul_scalar" and n["attrs"]["scalar"] == "-1"
-    ]
-    fallback["attrs"]["scalar"] = "-2"
-    symbol = mx.sym.load_json(json.dumps(graph))
+
+    def minus_two_under_the_threshold(nodes: list[dict[str, Any]]) -> None:
+        (fallback,) = [
+            n for n in nodes if n["op"] == "_mul_scalar" and n["attrs"]["scalar"] == "-1"
+        ]
+        fallback["attrs"]["scalar"] = "-2"
+
+    symbol = edited(small_model_prefix, minus_two_under_the_threshold)
     selected = merge_detection_head(symbol, IMAGE_SHAPE)
     assert operator_counts(selected)["topk"] == 1
     assert operator_counts(selected)["broadcast_add"] == 1
-    batch = scenes_and_noise(2)
-    plain = run_symbol(symbol, small_model_prefix, batch)
-    for a, b in zip(plain, run_symbol(selected, small_model_prefix, batch), strict=True):
-        assert np.array_equal(a, b)
+    assert_same_outputs(symbol, selected, small_model_prefix)
 
 
 @pytest.mark.parametrize("input_shape", [None, IMAGE_SHAPE], ids=["every-row", "best-rows"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +27,9 @@ class LoadResult:
     wall_s: float
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    # CPU seconds the load generator itself used (all its threads): on a 2-core
+    # machine what it takes is not there for the server under test.
+    cpu_s: float = 0.0
 
     @property
     def ok(self) -> int:
@@ -37,10 +41,19 @@ class LoadResult:
         """Successful answers per second of wall time."""
         return self.ok / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def cpu_share(self) -> float:
+        """The load generator's CPU time as a share of the machine's (every core) over the run."""
+        return machine_share(self.cpu_s, self.wall_s)
+
     @classmethod
     def pooled(cls, runs: Sequence[LoadResult]) -> LoadResult:
         """Several runs at one concurrency as one: their requests and wall times added up."""
-        pooled = cls(runs[0].concurrency, sum(run.wall_s for run in runs))
+        pooled = cls(
+            runs[0].concurrency,
+            sum(run.wall_s for run in runs),
+            cpu_s=sum(run.cpu_s for run in runs),
+        )
         for run in runs:
             pooled.latencies_ms.extend(run.latencies_ms)
             pooled.statuses.update(run.statuses)
@@ -104,7 +117,14 @@ async def drive(
                 if status == 200:
                     result.latencies_ms.append(elapsed_ms)
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         result.wall_s = time.perf_counter() - started
+        result.cpu_s = time.process_time() - cpu_started
     return result
+
+
+def machine_share(cpu_s: float, wall_s: float) -> float:
+    """CPU seconds as a share of what every core of this machine had over ``wall_s``."""
+    cores = os.cpu_count() or 1
+    return cpu_s / (wall_s * cores) if wall_s > 0 else 0.0

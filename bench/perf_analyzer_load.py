@@ -18,11 +18,15 @@ import base64
 import csv
 import json
 import os
+import resource
 import struct
 import subprocess
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from bench.loadgen import machine_share
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_DIR = ROOT / "build" / "perf-analyzer"
@@ -79,6 +83,9 @@ class PerfAnalyzerResult:
     p50_ms: float
     p99_ms: float
     requests: int
+    # perf_analyzer's own CPU time over its run, as a share of every core's (see
+    # `bench.loadgen.machine_share`); 0 when not measured.
+    cpu_share: float = 0.0
 
 
 def run_level(
@@ -122,15 +129,19 @@ def run_level(
         str(report),
     ]
     environment = {**os.environ, "LD_LIBRARY_PATH": str(cuda_runtime_dir())}
+    # Children's CPU is counted once a child is waited for, which run() does.
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     try:
         done = subprocess.run(
             command, env=environment, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise PerfAnalyzerError(f"perf_analyzer took over {timeout_s:.0f} s") from exc
+    wall_s, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or not report.is_file():
         raise PerfAnalyzerError((done.stdout + done.stderr)[-2000:])
-    return parse_report(report, window * _TRIALS)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return replace(parse_report(report, window * _TRIALS), cpu_share=machine_share(cpu_s, wall_s))
 
 
 def parse_report(path: Path, requests: int) -> PerfAnalyzerResult:

@@ -10,6 +10,7 @@ to start in `make test`: `python -m bench.peer_check` starts each one.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import replace
@@ -36,7 +37,7 @@ from bench.compare import (
     shrink,
     verdicts,
 )
-from bench.loadgen import LoadResult, drive
+from bench.loadgen import LoadResult, drive, machine_share
 from bench.peer_check import compare_answers
 from bench.peer_handler import HandlerConfig, PeerDetector, decode_as_deployed
 from bench.peer_venv import PeerProcess
@@ -76,11 +77,12 @@ def test_an_unknown_baseline_model_code_is_refused(small_model_prefix: Path) -> 
 
 
 def test_pooled_runs_add_requests_and_wall_time() -> None:
-    first = LoadResult(16, 2.0, [10.0, 20.0], Counter({200: 2}))
-    second = LoadResult(16, 3.0, [30.0], Counter({200: 1, 503: 4}))
+    first = LoadResult(16, 2.0, [10.0, 20.0], Counter({200: 2}), cpu_s=0.5)
+    second = LoadResult(16, 3.0, [30.0], Counter({200: 1, 503: 4}), cpu_s=1.0)
     pooled = LoadResult.pooled([first, second])
     assert pooled.concurrency == 16
     assert pooled.wall_s == 5.0
+    assert pooled.cpu_s == 1.5 and pooled.cpu_share == pytest.approx(machine_share(1.5, 5.0))
     assert pooled.statuses == Counter({200: 3, 503: 4})
     assert pooled.throughput_rps == pytest.approx(3 / 5.0)
     assert pooled.percentile_ms(50) == 20.0
@@ -135,7 +137,11 @@ def test_unknown_contenders_and_views_are_refused(text: str, message: str) -> No
 
 def _results(concurrency: int, rps: float) -> LoadResult:
     return LoadResult(
-        concurrency, 10.0, [100.0, 200.0] * int(rps * 5), Counter({200: int(rps * 10)})
+        concurrency,
+        10.0,
+        [100.0, 200.0] * int(rps * 5),
+        Counter({200: int(rps * 10)}),
+        cpu_s=0.1 * (os.cpu_count() or 1) * 10.0,  # 10 % of the machine
     )
 
 
@@ -153,7 +159,8 @@ def _rows(case: ModelCase) -> list[dict[str, Any]]:
         rows += rows_for(case, who, "float32", [_results(c, rps) for c in case.levels])
     # perf_analyzer on predictor's v2 route, two rounds: 27 and 29 req/s.
     rounds = [
-        [PerfAnalyzerResult(c, rps, 40.0, 90.0, 30) for c in case.levels] for rps in (27.0, 29.0)
+        [PerfAnalyzerResult(c, rps, 40.0, 90.0, 30, cpu_share) for c in case.levels]
+        for rps, cpu_share in ((27.0, 0.02), (29.0, 0.04))
     ]
     return rows + perf_analyzer_rows(case, "float32", rounds)
 
@@ -162,7 +169,9 @@ def test_rows_keep_their_schema_and_say_their_view() -> None:
     case = shrink(SMALL)
     rows = _rows(case)
     fields = {"model", "contender", "view", "dtype", "concurrency", "throughput_rps"}
-    assert all(set(row) == fields | {"p50_ms", "p99_ms", "load_generator"} for row in rows)
+    fields |= {"p50_ms", "p99_ms", "load_generator", "loadgen_cpu_share"}
+    assert all(set(row) == fields for row in rows)
+    assert {row["loadgen_cpu_share"] for row in rows} == {None, 0.1, 0.03}
     generators = {(row["contender"], row["load_generator"]) for row in rows}
     assert ("predictor", "perf_analyzer") in generators and ("mms", "bench.loadgen") in generators
     assert {g for who, g in generators if who != "predictor"} <= {"bench.loadgen", None}
@@ -214,15 +223,29 @@ def test_the_section_has_a_table_per_view_with_predictor_in_both() -> None:
     targets = text.split("Targets (float32):")[1]
     assert "NOT met: rayserve (as deployed) at concurrency 1 (25.00 vs 20.00)" in targets
     # perf_analyzer's rows have their own table and efficiency line, and nothing else.
-    assert "| 1 | 20.00 | 150.0 | 200.0 | 28.00 | 40.0 | 90.0 |" in text
+    assert "| 1 | 20.00 | 150.0 | 200.0 | 10% | 28.00 | 40.0 | 90.0 | 3% |" in text
     assert "28.00" not in same and "28.00" not in deployed.split("predictor under two")[0]
 
 
-def test_targets_judge_our_load_generator_and_report_perf_analyzer_beside_it() -> None:
-    lines = verdicts(_rows(SMALL))
-    # 20 req/s of an offline 30 under bench.loadgen; 28 under perf_analyzer.
-    assert any("(predictor / offline limit) **0.67**; target >= 0.9: NOT met" in x for x in lines)
-    assert any("under perf_analyzer (v2 route): **0.93**; target >= 0.9: met" in x for x in lines)
+def test_efficiency_is_judged_per_load_generator_dtype_and_client_count() -> None:
+    rows = _rows(SMALL)
+    rows += offline_rows(SMALL, "int8", {"limit_rps": 40.0, "single_image_ms": 20.0})
+    int8 = Contender("predictor", "as_deployed")
+    rows += rows_for(SMALL, int8, "int8", [_results(c, 38.0) for c in SMALL.levels])
+    lines = verdicts(rows)
+    # float32: 20 req/s of an offline 30 under bench.loadgen; 28 under perf_analyzer.
+    for clients in (16, 64):
+        expected = {
+            f"float32, {clients} clients, driven by bench.loadgen: efficiency (predictor / "
+            "offline limit) **0.67**; the load generator took 10% of the CPU; target >= 0.9: "
+            "NOT met",
+            f"float32, {clients} clients, driven by perf_analyzer: efficiency (predictor / "
+            "offline limit) **0.93**; the load generator took 3% of the CPU; target >= 0.9: met",
+            f"int8, {clients} clients, driven by bench.loadgen: efficiency (predictor / "
+            "offline limit) **0.95**; the load generator took 10% of the CPU; target >= 0.9: met",
+        }
+        for text in expected:
+            assert sum(text in line for line in lines) == 1, text
 
 
 def test_peer_targets_take_the_best_peer_of_each_view() -> None:
@@ -340,4 +363,5 @@ async def test_loadgen_uploads_a_multipart_file_for_servers_that_take_files(
     raw = await drive(url, [b"one"], 1, 1, 10.0)
     form = await drive(url, [b"two"], 1, 1, 10.0, form_field="images")
     assert raw.ok == 1 and form.ok == 1
+    assert raw.cpu_s > 0 and 0 < raw.cpu_share < 1
     assert seen == [("image/jpeg", b"one"), ("form", b"two")]

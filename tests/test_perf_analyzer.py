@@ -114,4 +114,6 @@ def test_perf_analyzer_as_the_benchmarks_load_generator(
     assert status == 200
     assert result.concurrency == 2 and result.requests == 30
     assert result.throughput_rps > 0 and 0 < result.p50_ms <= result.p99_ms
+    # Its own CPU (a child process's, counted once it is waited for): some, never all of it.
+    assert 0 < result.cpu_share < 1
     assert stats["model_stats"][0]["inference_stats"]["success"]["count"] >= result.requests

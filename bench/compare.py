@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,8 @@ class ModelCase:
     rounds: int = 1
     # MODEL_CPU_THREADS for predictor and its offline limit; None: MXNet's default.
     cpu_threads: int | None = None
+    # MODEL_CPU_REPLICAS for predictor (its servers only: the offline limit is one replica's).
+    cpu_replicas: int = 1
 
 
 SMALL = ModelCase(
@@ -202,8 +204,12 @@ COCO = ModelCase(
     offline_repeats=1,
     offline_confirm=3,
     rounds=2,
-    # Its forward pass is most of the work (about 130 ms of 150 per image): every core.
+    # Its forward pass is most of the work (about 100 ms of 120 per image): every core, and
+    # one replica per core. Measured 2026-11-30 at 16 clients, two rounds: 8.3 and 8.6 req/s
+    # with one replica (2 threads), 11.0 and 10.2 with two (2 threads each), 10.8 and 10.3
+    # with two of one thread each, 7.4 and 7.3 with one of one thread (/tmp/repl run).
     cpu_threads=os.cpu_count() or 1,
+    cpu_replicas=os.cpu_count() or 1,
 )
 
 
@@ -287,6 +293,8 @@ def contender(
         }
         if case.cpu_threads is not None:
             env["MODEL_CPU_THREADS"] = str(case.cpu_threads)
+        if case.cpu_replicas > 1:
+            env["MODEL_CPU_REPLICAS"] = str(case.cpu_replicas)
         with ServerProcess(env) as server:
             yield Endpoint(server.url + "/predict", v2_port=server.port)
     elif name == "naive":
@@ -467,6 +475,7 @@ def measure_case(
         "time_limit_s": case.time_limit_s,
         "rounds": case.rounds,
         "cpu_threads": case.cpu_threads,
+        "cpu_replicas": case.cpu_replicas,
     }
     bodies = [path.read_bytes() for path in files]
     rows = offline_rows(case, dtype, offline)
@@ -727,8 +736,7 @@ def method_text(meta: dict[str, Any]) -> str:
         "code, graph rewrites included. "
     )
     return (
-        f"Measured {meta['date']} with `{meta['command']}` on {meta['machine']}: "
-        f"{meta['photos']} JPEGs from 640x480 to 4000x3000, the same for every contender; "
+        f"Every contender gets the same {meta['photos']} JPEGs, from 640x480 to 4000x3000; "
         "closed-loop clients in the benchmark's own process, each server alone in its own "
         "process (tree) on loopback, after a warm-up. predictor and the peers batch up to the "
         f"best offline batch size: predictor, MMS and TorchServe wait at most {BATCH_DELAY_MS} ms "
@@ -769,10 +777,16 @@ def render_section(
     ]
     for key, detail in details.items():
         model, dtype = key.split("/")
+        when = detail.get("measured")
         lines += [
             f"### {model}, {dtype}",
             "",
-            f"Offline limit **{detail['offline']['limit_rps']:.2f} images/s** "
+            (
+                f"Measured {when['date']} with `{when['command']}` on {when['machine']}. "
+                if when
+                else ""
+            )
+            + f"Offline limit **{detail['offline']['limit_rps']:.2f} images/s** "
             f"({detail['offline']['limit_mode']}); batch size for the servers: "
             f"{detail['batch']}; per level at most {detail['time_limit_s']:g} s"
             + (
@@ -787,6 +801,13 @@ def render_section(
                 "setting for a forward-bound network); the naive server and the peers run "
                 "MXNet's default threads, as they do out of the box."
                 if detail.get("cpu_threads")
+                else ""
+            )
+            + (
+                f" predictor's server runs `MODEL_CPU_REPLICAS={detail['cpu_replicas']}` (one "
+                "replica per core, as the peers run one worker per core); the offline limit is "
+                "one replica's, so the efficiency can exceed 1."
+                if detail.get("cpu_replicas", 1) > 1
                 else ""
             ),
             "",
@@ -804,7 +825,7 @@ def render_section(
                 "| concurrency | contender | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
                 "|---:|---|---:|---:|---:|---:|",
             ]
-            for concurrency in detail["levels"]:
+            for concurrency in map(int, detail["levels"]):  # str keys once saved as JSON
                 chosen = [r for r in mine if r["contender"] == "predictor"] + others
                 if view == "same_handler":
                     chosen += [r for r in mine if r["contender"] == "offline"]
@@ -991,11 +1012,29 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=24, help="distinct JPEGs to send")
     parser.add_argument("--smoke", action="store_true", help="tiny counts: proves the tooling")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        help="passes over the contenders, in place of each model's own (2); fewer take less time "
+        "but let a slow stretch of a shared machine fall on fewer contenders",
+    )
+    parser.add_argument(
         "--no-perf-analyzer",
         action="store_true",
         help="skip the second load generator (perf_analyzer on predictor's v2 route)",
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="drop the stored figures of models and dtypes this run does not measure "
+        "(by default they are kept, and the section shows every model measured so far)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "compare.json")
+    parser.add_argument(
+        "--details",
+        type=Path,
+        default=ROOT / "bench" / "compare-details.json",
+        help="per model and dtype: when and how it was measured, its offline limit, counts",
+    )
     parser.add_argument("--png", type=Path, default=ROOT / "bench" / "compare.png")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
@@ -1008,6 +1047,10 @@ def main() -> None:
         parser.error(str(exc))
     if args.smoke:
         chosen = [shrink(case) for case in chosen]
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds: at least 1")
+        chosen = [replace(case, rounds=args.rounds) for case in chosen]
     files = make_photos(WORK / "photos", args.photos)
     perf_data = None
     if not args.no_perf_analyzer and any(who.name == "predictor" for who in contenders):
@@ -1018,43 +1061,99 @@ def main() -> None:
         perf_data = write_perf_analyzer_data(
             [path.read_bytes() for path in files], WORK / "perf_analyzer_input.json"
         )
-    rows: list[dict[str, Any]] = []
-    details: dict[str, Any] = {}
+    store = Results.load(args.json, args.details, fresh=args.fresh)
+    measured = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command_line(sys.argv[1:], smoke=args.smoke),
+    }
+
+    def measure(case: ModelCase, prefix: Path, dtype: str, who: tuple[Contender, ...]) -> None:
+        details: dict[str, Any] = {}
+        model_code = args.baseline_model
+        rows = measure_case(case, prefix, dtype, files, who, details, model_code, perf_data)
+        for detail in details.values():
+            detail["measured"] = measured
+        # Saved model by model: an interrupted run keeps what it finished.
+        store.replace(rows, details)
+        store.save(args.json, args.details)
+
     for case in chosen:
         if case.prefix == RESNET_PREFIX:
             ensure_resnet()
-        rows += measure_case(
-            case, case.prefix, "float32", files, contenders, details, args.baseline_model, perf_data
-        )
+        measure(case, case.prefix, "float32", contenders)
     if args.int8 and any(case.name == SMALL.name for case in chosen):
         ensure_int8(args.calib, args.calib_images)
         small = next(case for case in chosen if case.name == SMALL.name)
-        rows += measure_case(
-            small,
-            INT8_PREFIX,
-            "int8",
-            files,
-            (Contender("predictor", OWN_VIEW["predictor"]),),
-            details,
-            args.baseline_model,
-            perf_data,
-        )
-    command = "make bench-compare" if not args.smoke else "python -m bench.compare --smoke"
-    if args.baseline_model != "plain":
-        command += f" (--baseline-model {args.baseline_model})"
-    meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "photos": len(files),
-        "command": command,
-        "baseline_model": args.baseline_model,
-    }
-    args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    plot(rows, args.png)
-    write_markdown(args.markdown, render_section(rows, details, meta), MARK_START, MARK_END)
-    print(f"wrote {args.json}, {args.png} and {args.markdown}", file=sys.stderr)
-    for line in verdicts(rows):
+        measure(small, INT8_PREFIX, "int8", (Contender("predictor", OWN_VIEW["predictor"]),))
+    meta = {"photos": len(files), "baseline_model": args.baseline_model}
+    plot(store.rows, args.png)
+    section = render_section(store.rows, store.details, meta)
+    write_markdown(args.markdown, section, MARK_START, MARK_END)
+    print(f"wrote {args.json}, {args.details}, {args.png} and {args.markdown}", file=sys.stderr)
+    for line in verdicts(store.rows):
         print(line, file=sys.stderr)
+
+
+# Options that only say where results go: left out of the command a section quotes.
+_OUTPUT_OPTIONS = ("--json", "--details", "--png", "--markdown")
+
+
+def command_line(argv: list[str], smoke: bool = False) -> str:
+    """The command that reproduces a run, as a section quotes it."""
+    if smoke:
+        return "python -m bench.compare --smoke"
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _OUTPUT_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(option + "=" for option in _OUTPUT_OPTIONS)):
+            kept.append(arg)
+    if kept in ([], ["--int8"]):
+        return "make bench-compare"
+    return " ".join(["python -m bench.compare", *kept])
+
+
+@dataclass
+class Results:
+    """Every model and dtype measured so far: compare.json's rows and each one's details.
+
+    A run replaces what it measures and keeps the rest, so that the section
+    can show models measured by different runs, each with its own date and
+    command (a full `make bench-compare` takes hours).
+    """
+
+    rows: list[dict[str, Any]]
+    details: dict[str, Any]  # "MODEL/DTYPE" -> offline limit, settings, counts, "measured"
+
+    @classmethod
+    def load(cls, rows_path: Path, details_path: Path, fresh: bool = False) -> Results:
+        """What earlier runs stored (nothing with ``fresh``, or where no file is)."""
+        if fresh:
+            return cls([], {})
+        rows = json.loads(rows_path.read_text(encoding="utf-8")) if rows_path.is_file() else []
+        details = (
+            json.loads(details_path.read_text(encoding="utf-8")) if details_path.is_file() else {}
+        )
+        return cls(rows, details)
+
+    def replace(self, rows: list[dict[str, Any]], details: dict[str, Any]) -> None:
+        """A run's figures for some models and dtypes, in place of any stored for them."""
+        measured = {(row["model"], row["dtype"]) for row in rows}
+        kept = [row for row in self.rows if (row["model"], row["dtype"]) not in measured]
+        self.rows = kept + rows
+        self.details = {
+            **{key: value for key, value in self.details.items() if key not in details},
+            **details,
+        }
+
+    def save(self, rows_path: Path, details_path: Path) -> None:
+        """Write both files."""
+        rows_path.write_text(json.dumps(self.rows, indent=1) + "\n", encoding="utf-8")
+        details_path.write_text(json.dumps(self.details, indent=1) + "\n", encoding="utf-8")
 
 
 def shrink(case: ModelCase) -> ModelCase:
@@ -1071,6 +1170,7 @@ def shrink(case: ModelCase) -> ModelCase:
         offline_repeats=1,
         offline_confirm=1,
         cpu_threads=case.cpu_threads,
+        cpu_replicas=case.cpu_replicas,
     )
 
 

@@ -10,6 +10,7 @@ to start in `make test`: `python -m bench.peer_check` starts each one.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -28,6 +29,8 @@ from bench.compare import (
     SMALL,
     Contender,
     ModelCase,
+    Results,
+    command_line,
     find,
     offline_rows,
     parse_contenders,
@@ -202,15 +205,13 @@ def test_the_section_has_a_table_per_view_with_predictor_in_both() -> None:
         "rounds": 2,
         "cpu_threads": None,
         **{who: {str(c): {"requests": n} for c in case.levels} for who, n in counts.items()},
+        "measured": {"date": "2026-12-01", "command": "x", "machine": "m"},
     }
-    meta = {
-        "date": "2026-12-01",
-        "command": "x",
-        "machine": "m",
-        "photos": 3,
-        "baseline_model": "plain",
-    }
-    text = render_section(rows, {f"{case.name}/float32": detail}, meta)
+    meta = {"photos": 3, "baseline_model": "plain"}
+    # As stored in compare-details.json by an earlier run (the levels' keys become text).
+    stored = json.loads(json.dumps(detail))
+    text = render_section(rows, {f"{case.name}/float32": stored}, meta)
+    assert "### ssd300_digits_shapes, float32\n\nMeasured 2026-12-01 with `x` on m. " in text
     same, deployed = text.split("Same handler:")[1].split("As deployed:")
     assert "| 1 | predictor | 1 | 20.00 |" in same and "| 1 | predictor | 1 | 20.00 |" in deployed
     assert "| 1 | mms (same handler) | 1 | 16.00 |" in same
@@ -258,6 +259,43 @@ def test_peer_targets_take_the_best_peer_of_each_view() -> None:
     assert len(same) == 1 and "**1.25x** the best, mms (same handler) 16.0" in same[0]
     assert "target >= 1.2x: met" in same[0]
     assert any("1 client: p99 predictor" in x and "target <= 1.2x: met" in x for x in lines)
+
+
+def test_a_run_replaces_the_models_it_measures_and_keeps_the_others(tmp_path: Path) -> None:
+    small, coco = _rows(shrink(SMALL)), _rows(replace(shrink(SMALL), name="coco_nanodet"))
+    rows_path, details_path = tmp_path / "compare.json", tmp_path / "details.json"
+    first = Results.load(rows_path, details_path)  # no files yet: nothing stored
+    first.replace(
+        small + coco, {"ssd300_digits_shapes/float32": {"a": 1}, "coco_nanodet/float32": {"a": 2}}
+    )
+    first.save(rows_path, details_path)
+    # A later run measures the digits model only: its rows and details replace the old ones.
+    again = [dict(row, throughput_rps=99.0) for row in small]
+    later = Results.load(rows_path, details_path)
+    later.replace(again, {"ssd300_digits_shapes/float32": {"a": 3}})
+    assert later.details == {
+        "coco_nanodet/float32": {"a": 2},
+        "ssd300_digits_shapes/float32": {"a": 3},
+    }
+    assert sorted(map(str, later.rows)) == sorted(map(str, coco + again))
+    assert Results.load(rows_path, details_path, fresh=True) == Results([], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], "make bench-compare"),
+        (["--int8"], "make bench-compare"),
+        (
+            ["--models", "coco", "--json", "/tmp/c.json", "--markdown=/tmp/B.md", "--fresh"],
+            "python -m bench.compare --models coco --fresh",
+        ),
+    ],
+)
+def test_a_section_quotes_the_command_without_its_output_paths(
+    argv: list[str], command: str
+) -> None:
+    assert command_line(argv) == command
 
 
 def test_handler_configuration_round_trips_and_refuses_unknown_views(tmp_path: Path) -> None:

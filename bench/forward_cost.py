@@ -13,9 +13,10 @@ reported. Every core runs the forward pass (MODEL_CPU_THREADS = cores).
 `--model` adds a checkpoint to the same run (e.g. the digits model a retrain
 replaces, against the one it ships), so that the ratio of two networks comes
 from one machine state. `--plain-head NAME` also times network NAME as it was
-loaded before two rewrites of `predictor/runtime/graph.py`: its anchors
-computed on every pass (not folded), and every candidate handed to the
-non-maximum suppression (not only the ``topk`` best).
+loaded before three rewrites of `predictor/runtime/graph.py`: its anchors
+computed on every pass (not folded), every candidate handed to the
+non-maximum suppression (not only the ``topk`` best), and its separate pads
+and bias additions left beside the convolutions (not folded into them).
 
 Writes bench/forward_cost.json.
 """
@@ -54,7 +55,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="also time NAME without the anchor folding and the candidate selection",
+        help="also time NAME without the anchor and convolution folding and the candidate "
+        "selection",
     )
     args = parser.parse_args()
     extra = dict(_named_prefix(spec, parser) for spec in args.model)
@@ -114,7 +116,8 @@ def main() -> None:
 
 @contextlib.contextmanager
 def _plain_head() -> Iterator[None]:
-    """Detectors loaded inside keep GluonCV's anchors and get every candidate.
+    """Detectors loaded inside keep GluonCV's anchors, get every candidate, and keep their
+    separate pads and bias additions.
 
     A benchmark's comparison, not a setting users need: the loader's own
     references to the two rewrites (its module imports them by name) are
@@ -128,7 +131,14 @@ def _plain_head() -> Iterator[None]:
     def every_candidate(symbol: Any, input_shape: tuple[int, ...] | None = None) -> Any:
         return graph.merge_detection_head(symbol)
 
-    swapped = {"fold_anchors": keep_anchors, "merge_detection_head": every_candidate}
+    def keep_convolutions(symbol: Any, weights: Any) -> tuple[Any, Any]:
+        return symbol, weights
+
+    swapped = {
+        "fold_anchors": keep_anchors,
+        "merge_detection_head": every_candidate,
+        "fold_into_convolutions": keep_convolutions,
+    }
     saved = {name: getattr(model, name) for name in swapped}
     for name, stand_in in swapped.items():
         setattr(model, name, stand_in)

@@ -13,10 +13,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from predictor.runtime.graph import FOLDED_ANCHORS, fold_anchors, merge_detection_head
+from predictor.checkpoint import read_preprocessing
+from predictor.runtime.graph import (
+    FOLDED_ANCHORS,
+    fold_anchors,
+    fold_into_convolutions,
+    fuse_for_cpu,
+    merge_detection_head,
+)
 from predictor.runtime.imaging import prepare
 
 from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, load_weights, run_symbol, scene
+from .convert.photos import PHOTOS, load_photo, preprocess
 
 
 def operator_counts(symbol: mx.sym.Symbol) -> Counter[str]:
@@ -219,3 +227,102 @@ def test_anchors_computed_from_the_images_values_stay_in_the_graph() -> None:
     assert "table" not in folded_weights
     expected = table.asnumpy()[:, :, :2, :2, :].reshape((1, -1, 4))
     assert np.array_equal(folded_weights[FOLDED_ANCHORS].asnumpy(), expected)
+
+
+# ------------------------------------------------- padding and biases into convolutions
+
+COCO_PREFIX = Path(__file__).resolve().parents[1] / "models" / "coco_nanodet" / "nanodet"
+
+
+def test_the_converted_coco_models_pads_and_biases_go_into_its_convolutions() -> None:
+    symbol, weights = load_symbol(COCO_PREFIX), load_weights(COCO_PREFIX)
+    folded, folded_weights = fold_into_convolutions(symbol, weights)
+    before, after = operator_counts(symbol), operator_counts(folded)
+    assert (before["Pad"], before["broadcast_add"], before["Convolution"]) == (29, 41, 34)
+    # The pad left is the max pooling's (zeros there are not what its own padding adds).
+    assert (after["Pad"], after["Convolution"]) == (1, 34)
+    assert after["broadcast_add"] == before["broadcast_add"] - 34
+    biases = [name for name in folded_weights if name.endswith("_folded_bias")]
+    assert len(biases) == 34 and all(folded_weights[name].ndim == 1 for name in biases)
+    assert set(folded_weights) == set(folded.list_arguments()) - {"data"}
+    assert folded.list_outputs() == symbol.list_outputs()
+    # Fused for the CPU, every activation after a convolution now joins it.
+    assert operator_counts(fuse_for_cpu(folded, mx.cpu()))["LeakyReLU"] == 0
+
+
+def test_the_converted_coco_model_detects_the_same_after_the_fold() -> None:
+    spec = read_preprocessing(Path(f"{COCO_PREFIX}-preprocess.json"))
+    batch = np.concatenate([preprocess(load_photo(name), spec)[0] for name in PHOTOS[:3]])
+    symbol, weights = load_symbol(COCO_PREFIX), load_weights(COCO_PREFIX)
+    plain = run_symbol(symbol, COCO_PREFIX, batch, weights)
+    folded_symbol, folded_weights = fold_into_convolutions(symbol, weights)
+    folded = run_symbol(folded_symbol, COCO_PREFIX, batch, folded_weights)
+    ids, scores, boxes = plain
+    assert (scores[:, 0] > 0.5).all(), "each photo has an object the model finds"
+    assert np.array_equal(ids, folded[0])
+    np.testing.assert_allclose(folded[1], scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(folded[2], boxes, rtol=1e-5, atol=1e-3)
+
+
+def _conv_graph(
+    pad_width: tuple[int, ...] = (0, 0, 0, 0, 1, 1, 1, 1),
+    pad_value: float = 0.0,
+    bias_shape: tuple[int, ...] = (1, 4, 1, 1),
+    read_twice: bool = False,
+) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray]]:
+    """data -> Pad -> Convolution (no bias) -> + constant -> LeakyReLU: a converted layer."""
+    rng = np.random.default_rng(3)
+    padded = mx.sym.pad(
+        mx.sym.var("data"), mode="constant", pad_width=pad_width, constant_value=pad_value
+    )
+    conv = mx.sym.Convolution(
+        padded, mx.sym.var("w"), kernel=(3, 3), num_filter=4, no_bias=True, name="conv"
+    )
+    out = mx.sym.LeakyReLU(mx.sym.broadcast_add(conv, mx.sym.var("b")), act_type="leaky")
+    if read_twice:
+        out = mx.sym.Group([out, conv])
+    weights = {
+        "w": mx.nd.array(rng.normal(0, 1, (4, 3, 3, 3))),
+        "b": mx.nd.array(rng.normal(0, 1, bias_shape)),
+    }
+    return out, weights
+
+
+def _outputs(
+    symbol: mx.sym.Symbol, weights: dict[str, mx.nd.NDArray]
+) -> list[npt.NDArray[np.float32]]:
+    data = mx.nd.array(np.random.default_rng(4).normal(0, 1, (2, 3, 8, 8)))
+    executor = symbol.bind(mx.cpu(), {"data": data, **weights})
+    return [output.asnumpy() for output in executor.forward()]
+
+
+def test_symmetric_zero_padding_and_a_channel_bias_are_folded() -> None:
+    symbol, weights = _conv_graph()
+    folded, folded_weights = fold_into_convolutions(symbol, weights)
+    counts = operator_counts(folded)
+    assert counts["Pad"] == 0 and counts["broadcast_add"] == 0
+    assert set(folded_weights) == {"w", "conv_folded_bias"}
+    for a, b in zip(_outputs(symbol, weights), _outputs(folded, folded_weights), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("case", "kept"),
+    [
+        ({"pad_width": (0, 0, 0, 0, 0, 1, 0, 1)}, "Pad"),  # TF's SAME at stride 2
+        ({"pad_value": 1.0}, "Pad"),
+        ({"bias_shape": (1, 4, 8, 8)}, "broadcast_add"),  # per pixel, not per channel
+        ({"read_twice": True}, "broadcast_add"),  # the bias-free result is an output too
+    ],
+)
+def test_what_is_not_the_same_arithmetic_stays_as_it_is(case: dict[str, Any], kept: str) -> None:
+    symbol, weights = _conv_graph(**case)
+    folded, folded_weights = fold_into_convolutions(symbol, weights)
+    assert operator_counts(folded)[kept] == 1
+    for a, b in zip(_outputs(symbol, weights), _outputs(folded, folded_weights), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gluoncv_ssd_has_nothing_to_fold(small_model_prefix: Path) -> None:
+    symbol, weights = load_symbol(small_model_prefix), load_weights(small_model_prefix)
+    assert fold_into_convolutions(symbol, weights) == (symbol, weights)

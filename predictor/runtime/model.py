@@ -40,7 +40,12 @@ from predictor.checkpoint import (
 from predictor.config import Device, DeviceSpec
 from predictor.detections import FloatArray, RawDetections
 from predictor.errors import CheckpointError, InferenceError
-from predictor.runtime.graph import fold_anchors, fuse_for_cpu, merge_detection_head
+from predictor.runtime.graph import (
+    fold_anchors,
+    fold_into_convolutions,
+    fuse_for_cpu,
+    merge_detection_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +319,7 @@ def _load_symbol_block(
     # Files written by `export` prefix names with "arg:" / "aux:"; Gluon's do not.
     weights = {name.split(":", 1)[-1]: value for name, value in loaded.items()}
     _check_parameter_shapes(symbol, weights, checkpoint, input_shape)
+    symbol, weights = fold_into_convolutions(symbol, weights)
     symbol, weights = fold_anchors(symbol, weights, input_shape)
     symbol = fuse_for_cpu(merge_detection_head(symbol, input_shape), context)
     try:

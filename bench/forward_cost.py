@@ -15,8 +15,9 @@ replaces, against the one it ships), so that the ratio of two networks comes
 from one machine state. `--plain-head NAME` also times network NAME as it was
 loaded before three rewrites of `predictor/runtime/graph.py`: its anchors
 computed on every pass (not folded), every candidate handed to the
-non-maximum suppression (not only the ``topk`` best), and its separate pads
-and bias additions left beside the convolutions (not folded into them).
+non-maximum suppression (not only the ``topk`` best), its separate pads
+and bias additions left beside the convolutions (not folded into them), and
+MXNet's slow ``SwapAxis`` and padded max pooling (not replaced).
 
 Writes bench/forward_cost.json.
 """
@@ -134,10 +135,14 @@ def _plain_head() -> Iterator[None]:
     def keep_convolutions(symbol: Any, weights: Any) -> tuple[Any, Any]:
         return symbol, weights
 
+    def keep_operators(symbol: Any, input_shape: Any) -> Any:
+        return symbol
+
     swapped = {
         "fold_anchors": keep_anchors,
         "merge_detection_head": every_candidate,
         "fold_into_convolutions": keep_convolutions,
+        "use_faster_operators": keep_operators,
     }
     saved = {name: getattr(model, name) for name in swapped}
     for name, stand_in in swapped.items():

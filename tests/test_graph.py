@@ -20,6 +20,7 @@ from predictor.runtime.graph import (
     fold_into_convolutions,
     fuse_for_cpu,
     merge_detection_head,
+    use_faster_operators,
 )
 from predictor.runtime.imaging import prepare
 
@@ -250,13 +251,15 @@ def test_the_converted_coco_models_pads_and_biases_go_into_its_convolutions() ->
     assert operator_counts(fuse_for_cpu(folded, mx.cpu()))["LeakyReLU"] == 0
 
 
-def test_the_converted_coco_model_detects_the_same_after_the_fold() -> None:
+def test_the_converted_coco_model_detects_the_same_after_the_rewrites() -> None:
     spec = read_preprocessing(Path(f"{COCO_PREFIX}-preprocess.json"))
     batch = np.concatenate([preprocess(load_photo(name), spec)[0] for name in PHOTOS[:3]])
     symbol, weights = load_symbol(COCO_PREFIX), load_weights(COCO_PREFIX)
     plain = run_symbol(symbol, COCO_PREFIX, batch, weights)
     folded_symbol, folded_weights = fold_into_convolutions(symbol, weights)
-    folded = run_symbol(folded_symbol, COCO_PREFIX, batch, folded_weights)
+    faster = use_faster_operators(folded_symbol, batch.shape[1:])
+    assert {"SwapAxis", "Pad"}.isdisjoint(operator_counts(faster))
+    folded = run_symbol(faster, COCO_PREFIX, batch, folded_weights)
     ids, scores, boxes = plain
     assert (scores[:, 0] > 0.5).all(), "each photo has an object the model finds"
     assert np.array_equal(ids, folded[0])
@@ -326,3 +329,36 @@ def test_what_is_not_the_same_arithmetic_stays_as_it_is(case: dict[str, Any], ke
 def test_a_gluoncv_ssd_has_nothing_to_fold(small_model_prefix: Path) -> None:
     symbol, weights = load_symbol(small_model_prefix), load_weights(small_model_prefix)
     assert fold_into_convolutions(symbol, weights) == (symbol, weights)
+
+
+def _evaluate(symbol: mx.sym.Symbol, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return symbol.bind(mx.cpu(), {"data": mx.nd.array(data)}).forward()[0].asnumpy()
+
+
+def test_swapaxis_becomes_the_transpose_it_means() -> None:
+    data = np.random.default_rng(5).normal(0, 1, (2, 3, 5, 7)).astype(np.float32)
+    swapped = mx.sym.SwapAxis(mx.sym.var("data"), dim1=1, dim2=3) * 2
+    faster = use_faster_operators(swapped, data.shape[1:])
+    assert operator_counts(faster)["SwapAxis"] == 0 and operator_counts(faster)["transpose"] == 1
+    assert np.array_equal(_evaluate(faster, data), _evaluate(swapped, data))
+
+
+@pytest.mark.parametrize(
+    ("value", "pool_type", "folded"),
+    [(float("-inf"), "max", True), (0.0, "max", False), (float("-inf"), "avg", False)],
+)
+def test_a_pad_before_pooling_is_folded_only_where_pooling_pads_the_same_way(
+    value: float, pool_type: str, folded: bool
+) -> None:
+    data = np.random.default_rng(6).normal(0, 1, (2, 3, 8, 8)).astype(np.float32) - 3
+    padded = mx.sym.pad(
+        mx.sym.var("data"),
+        mode="constant",
+        pad_width=(0, 0, 0, 0, 1, 1, 1, 1),
+        constant_value=value,
+    )
+    pooled = mx.sym.Pooling(padded, kernel=(3, 3), stride=(2, 2), pool_type=pool_type)
+    faster = use_faster_operators(pooled, data.shape[1:])
+    assert (faster is pooled) is not folded
+    assert operator_counts(faster)["Pad"] == (0 if folded else 1)
+    assert np.array_equal(_evaluate(faster, data), _evaluate(pooled, data))

@@ -1,14 +1,18 @@
 """Rewrites of a loaded detection graph that compute the same outputs with less work.
 
-Four rewrites, all applied when a checkpoint is loaded and none written
+Five rewrites, all applied when a checkpoint is loaded and none written
 back to disk:
 
 - `fold_into_convolutions`: graphs converted from TensorFlow pad with a
   separate ``Pad`` before each convolution and add its bias with a separate
   ``broadcast_add`` after it; both become the convolution's own ``pad`` and
   ``bias``, which also lets oneDNN fuse the activation that follows. On the
-  shipped COCO model (34 convolutions, 29 such pads and 34 such biases) the
-  forward pass takes about half the time, with equal outputs.
+  shipped COCO model (34 convolutions, 28 such pads and 34 such biases) the
+  forward pass takes 0.6 of the time, with equal outputs.
+- `use_faster_operators`: MXNet's ``SwapAxis`` (20x slower than the
+  ``transpose`` it means) and a -infinity ``Pad`` before a max pooling
+  (which pads that way by itself) are replaced. With the fold above, the
+  COCO model's forward pass takes 0.44-0.50 of the time it took.
 
 - `fold_anchors`: GluonCV's SSD computes its anchor boxes on every forward
   pass: each feature map is multiplied by 0 only for ``slice_like`` to read
@@ -143,6 +147,87 @@ def fold_into_convolutions(
     return folded, {name: value for name, value in weights.items() if name in needed}
 
 
+def use_faster_operators(symbol: mx.sym.Symbol, input_shape: tuple[int, ...]) -> mx.sym.Symbol:
+    """The same graph with two slow operators of MXNet's CPU replaced by faster equivalents.
+
+    - ``SwapAxis`` becomes ``transpose`` with the permutation it means: the
+      same values, 20x faster on a (4, 128, 52, 52) map (converted bilinear
+      resizes swap axes around each matrix product).
+    - A ``Pad`` with -infinity before a max ``Pooling`` becomes the pooling's
+      own ``pad`` (MXNet's max pooling never takes a padded position either).
+
+    ``input_shape`` is one image's (the ranks come from MXNet's shape
+    inference). Returns ``symbol`` itself when there is nothing to replace.
+    """
+    graph = json.loads(symbol.tojson())
+    nodes: list[Node] = graph["nodes"]
+    swaps = [index for index, node in enumerate(nodes) if node["op"] == "SwapAxis"]
+    ranks = _input_ranks(symbol, nodes, swaps, input_shape) if swaps else {}
+    changed = False
+    for index, rank in ranks.items():
+        attrs = nodes[index].get("attrs", {})
+        axes = list(range(rank))
+        first, second = int(attrs.get("dim1", 0)), int(attrs.get("dim2", 0))
+        axes[first], axes[second] = axes[second], axes[first]
+        nodes[index] = {**nodes[index], "op": "transpose", "attrs": {"axes": str(tuple(axes))}}
+        changed = True
+    for node in nodes:
+        if node["op"] != "Pooling":
+            continue
+        padding = _max_pooling_padding(nodes[node["inputs"][0][0]], node.get("attrs", {}))
+        if padding is not None:
+            node["inputs"][0] = nodes[node["inputs"][0][0]]["inputs"][0]
+            node["attrs"]["pad"] = str(padding)
+            changed = True
+    return _reordered(graph) if changed else symbol
+
+
+def _input_ranks(
+    symbol: mx.sym.Symbol, nodes: list[Node], indices: list[int], input_shape: tuple[int, ...]
+) -> dict[int, int]:
+    """The rank of the first input of each of ``nodes[indices]``, where MXNet can infer it."""
+    internals = symbol.get_internals()
+    try:
+        _, shapes, _ = internals.infer_shape_partial(data=(1, *input_shape))
+    except mx.base.MXNetError:
+        return {}
+    by_name = dict(zip(internals.list_outputs(), shapes or [], strict=False))
+    ranks = {}
+    for index in indices:
+        source, output, _ = nodes[index]["inputs"][0]
+        node = nodes[source]
+        if node["op"] == "null":
+            name = node["name"]
+        else:
+            outputs = [
+                n for n in internals.list_outputs() if n.startswith(node["name"] + "_output")
+            ]
+            name = outputs[output] if output < len(outputs) else ""
+        shape = by_name.get(name)
+        if shape:
+            ranks[index] = len(shape)
+    return ranks
+
+
+def _max_pooling_padding(pad: Node, pool_attrs: dict[str, str]) -> tuple[int, int] | None:
+    """The max pooling's ``pad`` with a -infinity ``Pad`` before it taken in; None if not."""
+    attrs = pad.get("attrs", {})
+    if pad["op"] not in ("Pad", "pad") or attrs.get("mode", "constant") != "constant":
+        return None
+    if float(attrs.get("constant_value", "0")) != float("-inf"):
+        return None
+    if pool_attrs.get("pool_type", "max") != "max" or _flag(pool_attrs.get("global_pool")):
+        return None
+    if pool_attrs.get("layout", "NCHW") != "NCHW" or len(_ints(pool_attrs.get("kernel", ""))) != 2:
+        return None
+    return _symmetric_spatial(_ints(attrs.get("pad_width", "")), pool_attrs)
+
+
+def _flag(value: str | None) -> bool:
+    """An MXNet boolean attribute's value."""
+    return value in ("True", "true", "1")
+
+
 def _readers(nodes: list[Node], heads: list[list[int]]) -> dict[int, list[int]]:
     """For each node, the nodes that read it (an output of the graph counts as -1)."""
     readers: dict[int, list[int]] = {}
@@ -164,14 +249,16 @@ def _symmetric_zero_padding(pad: Node, conv_attrs: dict[str, str]) -> tuple[int,
         return None
     if float(attrs.get("constant_value", "0")) != 0.0:
         return None
-    widths = _ints(attrs.get("pad_width", ""))
-    own = _ints(conv_attrs.get("pad", "(0, 0)")) or (0, 0)
-    if (
-        len(widths) != 8
-        or any(widths[:4])
-        or len(own) != 2
-        or len(_ints(conv_attrs["kernel"])) != 2
-    ):
+    if len(_ints(conv_attrs["kernel"])) != 2:
+        return None
+    return _symmetric_spatial(_ints(attrs.get("pad_width", "")), conv_attrs)
+
+
+def _symmetric_spatial(widths: tuple[int, ...], attrs: dict[str, str]) -> tuple[int, int] | None:
+    """An operator's own 2-D ``pad`` plus a ``Pad``'s NCHW ``widths``, when those add to
+    height and width only, the same before as after; None otherwise."""
+    own = _ints(attrs.get("pad", "(0, 0)")) or (0, 0)
+    if len(widths) != 8 or any(widths[:4]) or len(own) != 2:
         return None
     top, bottom, left, right = widths[4:]
     if top != bottom or left != right:
@@ -185,10 +272,7 @@ def _bias_addition(
     """(the addition's index, the constant) where a bias-free convolution's only reader adds
     a per-channel constant to it; None otherwise."""
     attrs = nodes[index]["attrs"]
-    if (
-        attrs.get("no_bias", "False") not in ("True", "true", "1")
-        or len(readers.get(index, [])) != 1
-    ):
+    if not _flag(attrs.get("no_bias")) or len(readers.get(index, [])) != 1:
         return None
     addition = readers[index][0]
     if addition < 0 or nodes[addition]["op"] not in _BIAS_ADDS:

@@ -45,6 +45,7 @@ from predictor.runtime.graph import (
     fold_into_convolutions,
     fuse_for_cpu,
     merge_detection_head,
+    use_faster_operators,
 )
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ def _load_symbol_block(
     weights = {name.split(":", 1)[-1]: value for name, value in loaded.items()}
     _check_parameter_shapes(symbol, weights, checkpoint, input_shape)
     symbol, weights = fold_into_convolutions(symbol, weights)
+    symbol = use_faster_operators(symbol, input_shape)
     symbol, weights = fold_anchors(symbol, weights, input_shape)
     symbol = fuse_for_cpu(merge_detection_head(symbol, input_shape), context)
     try:

@@ -332,7 +332,10 @@ def test_a_gluoncv_ssd_has_nothing_to_fold(small_model_prefix: Path) -> None:
 
 
 def _evaluate(symbol: mx.sym.Symbol, data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return symbol.bind(mx.cpu(), {"data": mx.nd.array(data)}).forward()[0].asnumpy()
+    output: npt.NDArray[np.float32] = (
+        symbol.bind(mx.cpu(), {"data": mx.nd.array(data)}).forward()[0].asnumpy()
+    )
+    return output
 
 
 def test_swapaxis_becomes_the_transpose_it_means() -> None:

@@ -204,11 +204,13 @@ COCO = ModelCase(
     offline_repeats=1,
     offline_confirm=3,
     rounds=2,
-    # Its forward pass is most of the work (about 100 ms of 120 per image): every core, and
-    # one replica per core. Measured 2026-11-30 at 16 clients, two rounds: 8.3 and 8.6 req/s
-    # with one replica (2 threads), 11.0 and 10.2 with two (2 threads each), 10.8 and 10.3
-    # with two of one thread each, 7.4 and 7.3 with one of one thread (/tmp/repl run).
-    cpu_threads=os.cpu_count() or 1,
+    # Its forward pass is most of the work (about 50 ms of 70 per image with the load-time
+    # rewrites): one replica per core, each on one thread. Measured 2026-11-30 on 2 cores at
+    # 16 clients, batch 2, two rounds: 19.1 and 18.9 req/s so, against 16.7 and 15.9 with
+    # one replica on both cores, 16.6 and 17.6 with two replicas on both cores each, 13.7
+    # and 14.4 with one replica on one core (one replica on both cores answers one client
+    # fastest: 13.0 and 11.5 req/s against 9.9 and 9.4).
+    cpu_threads=1,
     cpu_replicas=os.cpu_count() or 1,
 )
 

@@ -127,7 +127,7 @@ def run_levels(server: ServerProcess, bodies: list[bytes], time_limit_s: float) 
         print(
             f"  concurrency {concurrency:3d}: {result.throughput_rps:6.1f} req/s, "
             f"p50 {result.percentile_ms(50):7.1f} ms, p99 {result.percentile_ms(99):7.1f} ms, "
-            f"load generator CPU {result.cpu_share:.0%}"
+            f"load generator CPU {result.cpu_share:.1%}"
             + (f", non-200: {failed}" if failed else ""),
             file=sys.stderr,
         )
@@ -196,7 +196,7 @@ def render_section(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['concurrency']} | {row['requests']} | {row['throughput_rps']:.1f} | "
             f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['efficiency']:.2f} | "
-            f"{row['loadgen_cpu_share']:.0%} |"
+            f"{row['loadgen_cpu_share']:.1%} |"
         )
     single = report["levels"][0]
     lines += [

@@ -334,7 +334,7 @@ def run_levels(
             f"  {label:>30} c={concurrency:3d}: {result.throughput_rps:6.2f} req/s, "
             f"p50 {result.percentile_ms(50):8.1f} ms, p99 {result.percentile_ms(99):8.1f} ms, "
             f"{sum(result.statuses.values())} requests, "
-            f"load generator CPU {result.cpu_share:.0%}"
+            f"load generator CPU {result.cpu_share:.1%}"
             + (f", non-200: {failed}" if failed else ""),
             file=sys.stderr,
             flush=True,
@@ -362,7 +362,7 @@ def perf_analyzer_levels(
             f"  {label + ' (perf_analyzer)':>30} c={concurrency:3d}: "
             f"{result.throughput_rps:6.2f} req/s, p50 {result.p50_ms:8.1f} ms, "
             f"p99 {result.p99_ms:8.1f} ms, {result.requests} requests, "
-            f"load generator CPU {result.cpu_share:.0%}",
+            f"load generator CPU {result.cpu_share:.1%}",
             file=sys.stderr,
             flush=True,
         )
@@ -662,7 +662,7 @@ def _efficiency_targets(rows: list[dict[str, Any]], model: str) -> list[str]:
                     continue
                 efficiency = ours["throughput_rps"] / limit["throughput_rps"]
                 share = ours.get("loadgen_cpu_share")
-                took = "" if share is None else f"; the load generator took {share:.0%} of the CPU"
+                took = "" if share is None else f"; the load generator took {share:.1%} of the CPU"
                 lines.append(
                     f"- {model} {dtype}, {clients} clients, driven by {generator}: efficiency "
                     f"(predictor / offline limit) **{efficiency:.2f}**{took}; target >= 0.9: "
@@ -903,7 +903,7 @@ def load_generator_table(rows: list[dict[str, Any]], model: str, dtype: str) -> 
 def _share(row: dict[str, Any]) -> str:
     """A row's load generator CPU share as a percentage; empty for rows measured without it."""
     share = row.get("loadgen_cpu_share")
-    return "" if share is None else f"{share:.0%}"
+    return "" if share is None else f"{share:.1%}"
 
 
 def contender_key(row: dict[str, Any]) -> str:

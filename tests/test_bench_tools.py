@@ -224,7 +224,7 @@ def test_the_section_has_a_table_per_view_with_predictor_in_both() -> None:
     targets = text.split("Targets (float32):")[1]
     assert "NOT met: rayserve (as deployed) at concurrency 1 (25.00 vs 20.00)" in targets
     # perf_analyzer's rows have their own table and efficiency line, and nothing else.
-    assert "| 1 | 20.00 | 150.0 | 200.0 | 10% | 28.00 | 40.0 | 90.0 | 3% |" in text
+    assert "| 1 | 20.00 | 150.0 | 200.0 | 10.0% | 28.00 | 40.0 | 90.0 | 3.0% |" in text
     assert "28.00" not in same and "28.00" not in deployed.split("predictor under two")[0]
 
 
@@ -238,12 +238,12 @@ def test_efficiency_is_judged_per_load_generator_dtype_and_client_count() -> Non
     for clients in (16, 64):
         expected = {
             f"float32, {clients} clients, driven by bench.loadgen: efficiency (predictor / "
-            "offline limit) **0.67**; the load generator took 10% of the CPU; target >= 0.9: "
+            "offline limit) **0.67**; the load generator took 10.0% of the CPU; target >= 0.9: "
             "NOT met",
             f"float32, {clients} clients, driven by perf_analyzer: efficiency (predictor / "
-            "offline limit) **0.93**; the load generator took 3% of the CPU; target >= 0.9: met",
+            "offline limit) **0.93**; the load generator took 3.0% of the CPU; target >= 0.9: met",
             f"int8, {clients} clients, driven by bench.loadgen: efficiency (predictor / "
-            "offline limit) **0.95**; the load generator took 10% of the CPU; target >= 0.9: met",
+            "offline limit) **0.95**; the load generator took 10.0% of the CPU; target >= 0.9: met",
         }
         for text in expected:
             assert sum(text in line for line in lines) == 1, text

@@ -54,6 +54,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -1000,7 +1001,11 @@ def main() -> None:
         help=f"comma-separated subset of {', '.join(CONTENDERS)}; a peer is measured in both "
         f"views unless one is named, e.g. torchserve:as_deployed ({', '.join(VIEWS)})",
     )
-    parser.add_argument("--int8", action="store_true", help="also the int8 shipped model")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also predictor on the int8 digits model (alone with --models '')",
+    )
     parser.add_argument(
         "--baseline-model",
         choices=MODEL_CODES,
@@ -1047,12 +1052,14 @@ def main() -> None:
         contenders = parse_contenders(args.contenders)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.smoke:
-        chosen = [shrink(case) for case in chosen]
-    if args.rounds is not None:
-        if args.rounds < 1:
-            parser.error("--rounds: at least 1")
-        chosen = [replace(case, rounds=args.rounds) for case in chosen]
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds: at least 1")
+
+    def adjust(case: ModelCase) -> ModelCase:
+        case = shrink(case) if args.smoke else case
+        return case if args.rounds is None else replace(case, rounds=args.rounds)
+
+    chosen = [adjust(case) for case in chosen]
     files = make_photos(WORK / "photos", args.photos)
     perf_data = None
     if not args.no_perf_analyzer and any(who.name == "predictor" for who in contenders):
@@ -1084,9 +1091,10 @@ def main() -> None:
         if case.prefix == RESNET_PREFIX:
             ensure_resnet()
         measure(case, case.prefix, "float32", contenders)
-    if args.int8 and any(case.name == SMALL.name for case in chosen):
+    if args.int8:
         ensure_int8(args.calib, args.calib_images)
-        small = next(case for case in chosen if case.name == SMALL.name)
+        # The digits model's loads and rounds, as this run sets them (--smoke, --rounds).
+        small = adjust(SMALL)
         measure(small, INT8_PREFIX, "int8", (Contender("predictor", OWN_VIEW["predictor"]),))
     meta = {"photos": len(files), "baseline_model": args.baseline_model}
     plot(store.rows, args.png)
@@ -1116,7 +1124,7 @@ def command_line(argv: list[str], smoke: bool = False) -> str:
             kept.append(arg)
     if kept in ([], ["--int8"]):
         return "make bench-compare"
-    return " ".join(["python -m bench.compare", *kept])
+    return "python -m bench.compare " + shlex.join(kept)
 
 
 @dataclass

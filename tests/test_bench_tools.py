@@ -287,6 +287,10 @@ def test_a_run_replaces_the_models_it_measures_and_keeps_the_others(tmp_path: Pa
         ([], "make bench-compare"),
         (["--int8"], "make bench-compare"),
         (
+            ["--models", "", "--contenders", "predictor", "--int8"],
+            "python -m bench.compare --models '' --contenders predictor --int8",
+        ),
+        (
             ["--models", "coco", "--json", "/tmp/c.json", "--markdown=/tmp/B.md", "--fresh"],
             "python -m bench.compare --models coco --fresh",
         ),

@@ -113,7 +113,7 @@ def fold_into_convolutions(
     nodes: list[Node] = graph["nodes"]
     readers = _readers(nodes, graph["heads"])
     replaced: dict[int, tuple[int, int]] = {}  # a bias addition's index -> its convolution
-    weights = dict(weights)
+    biases: dict[str, mx.nd.NDArray] = {}
     changed = False
     for index, node in enumerate(nodes):
         if node["op"] != _CONVOLUTION or node.get("attrs", {}).get("layout", "NCHW") != "NCHW":
@@ -128,7 +128,7 @@ def fold_into_convolutions(
         if bias is not None:
             addition, constant = bias
             name = f"{node['name']}_folded_bias"
-            weights[name] = constant.reshape((-1,))
+            biases[name] = constant.reshape((-1,))
             node["inputs"].append([len(nodes), 0, 0])
             nodes.append({"op": "null", "name": name, "inputs": []})
             attrs["no_bias"] = "False"
@@ -136,6 +136,7 @@ def fold_into_convolutions(
             changed = True
     if not changed:
         return symbol, weights
+    weights = {**weights, **biases}
     for node in nodes:
         node["inputs"] = [
             [*replaced.get(source, (source, output)), version]

@@ -852,7 +852,7 @@ def render_section(
         lines += load_generator_table(all_rows, model, dtype)
         if "perf_analyzer_error" in detail:
             lines += [f"perf_analyzer failed here: `{detail['perf_analyzer_error']}`", ""]
-    lines += ["Targets (float32):", "", *verdicts(all_rows), ""]
+    lines += ["Targets:", "", *verdicts(all_rows), ""]
     return "\n".join(lines)
 
 

@@ -104,10 +104,10 @@ def fold_into_convolutions(
     without a bias: two extra passes over every feature map, and a bias that
     oneDNN cannot fuse with the activation after it. Symmetric zero padding
     becomes the convolution's own ``pad``; the constant becomes its ``bias``
-    (a new parameter, ``NAME_folded_bias``). Either fold applies only where
-    nothing else reads the intermediate result; the arithmetic is the same,
-    to float32 rounding. Returns the inputs unchanged when there is nothing
-    to fold.
+    (a new parameter, ``NAME_folded_bias``). A ``Pad`` that other nodes read
+    too stays for them; a bias is folded only where nothing else reads the
+    convolution's bias-free result. The arithmetic is the same, to float32
+    rounding. Returns the very inputs when there is nothing to fold.
     """
     graph = json.loads(symbol.tojson())
     nodes: list[Node] = graph["nodes"]

@@ -192,7 +192,8 @@ def _input_ranks(
         _, shapes, _ = internals.infer_shape_partial(data=(1, *input_shape))
     except mx.base.MXNetError:
         return {}
-    by_name = dict(zip(internals.list_outputs(), shapes or [], strict=False))
+    names = internals.list_outputs()
+    by_name = dict(zip(names, shapes or [], strict=False))
     ranks = {}
     for index in indices:
         source, output, _ = nodes[index]["inputs"][0]
@@ -200,9 +201,7 @@ def _input_ranks(
         if node["op"] == "null":
             name = node["name"]
         else:
-            outputs = [
-                n for n in internals.list_outputs() if n.startswith(node["name"] + "_output")
-            ]
+            outputs = [n for n in names if n.startswith(node["name"] + "_output")]
             name = outputs[output] if output < len(outputs) else ""
         shape = by_name.get(name)
         if shape:
@@ -212,16 +211,24 @@ def _input_ranks(
 
 def _max_pooling_padding(pad: Node, pool_attrs: dict[str, str]) -> tuple[int, int] | None:
     """The max pooling's ``pad`` with a -infinity ``Pad`` before it taken in; None if not."""
-    attrs = pad.get("attrs", {})
-    if pad["op"] not in ("Pad", "pad") or attrs.get("mode", "constant") != "constant":
-        return None
-    if float(attrs.get("constant_value", "0")) != float("-inf"):
+    widths = _constant_pad_widths(pad, float("-inf"))
+    if widths is None:
         return None
     if pool_attrs.get("pool_type", "max") != "max" or _flag(pool_attrs.get("global_pool")):
         return None
     if pool_attrs.get("layout", "NCHW") != "NCHW" or len(_ints(pool_attrs.get("kernel", ""))) != 2:
         return None
-    return _symmetric_spatial(_ints(attrs.get("pad_width", "")), pool_attrs)
+    return _symmetric_spatial(widths, pool_attrs)
+
+
+def _constant_pad_widths(pad: Node, fill: float) -> tuple[int, ...] | None:
+    """A ``Pad`` node's ``pad_width`` when it pads with the constant ``fill``; None otherwise."""
+    attrs = pad.get("attrs", {})
+    if pad["op"] not in ("Pad", "pad") or attrs.get("mode", "constant") != "constant":
+        return None
+    if float(attrs.get("constant_value", "0")) != fill:
+        return None
+    return _ints(attrs.get("pad_width", ""))
 
 
 def _flag(value: str | None) -> bool:
@@ -245,14 +252,10 @@ def _symmetric_zero_padding(pad: Node, conv_attrs: dict[str, str]) -> tuple[int,
 
     A ``Pad`` may be read by other nodes too: they keep reading it.
     """
-    attrs = pad.get("attrs", {})
-    if pad["op"] not in ("Pad", "pad") or attrs.get("mode", "constant") != "constant":
+    widths = _constant_pad_widths(pad, 0.0)
+    if widths is None or len(_ints(conv_attrs["kernel"])) != 2:
         return None
-    if float(attrs.get("constant_value", "0")) != 0.0:
-        return None
-    if len(_ints(conv_attrs["kernel"])) != 2:
-        return None
-    return _symmetric_spatial(_ints(attrs.get("pad_width", "")), conv_attrs)
+    return _symmetric_spatial(widths, conv_attrs)
 
 
 def _symmetric_spatial(widths: tuple[int, ...], attrs: dict[str, str]) -> tuple[int, int] | None:

@@ -242,6 +242,7 @@ def _load(settings: Settings, *, default_only: bool = False) -> dict[str, list[D
                 settings.devices,
                 settings.batch_max_size,
                 settings.model_dtype,
+                graph_per_batch_size=settings.model_graph_per_batch_size,
             )
         except CheckpointError as exc:
             if len(settings.models) == 1:

@@ -42,6 +42,12 @@ MXNET_CPU_TEMP_COPY  MODEL_CPU_REPLICAS       MXNet's own variable: how many tem
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
                                               mixed precision, AMP)
+MODEL_GRAPH_PER_BATCH_SIZE
+                     true                     true: one planned graph per batch size
+                                              (1..BATCH_MAX_SIZE), sharing the weights;
+                                              false: one graph, re-planned whenever the
+                                              size changes (less memory, slower; see
+                                              predictor/runtime/model.py)
 BATCH_MAX_SIZE       8                        most images in one forward pass
 BATCH_MAX_DELAY_MS   5                        longest the oldest image in a batch waits
                                               for the batch to fill
@@ -183,6 +189,7 @@ class Settings:
     mxnet_cpu_temp_copy: int | None = None
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
     model_dtype: str = "float32"
+    model_graph_per_batch_size: bool = True
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
     queue_max: int = 64
@@ -276,6 +283,7 @@ class Settings:
             model_cpu_threads=reader.get("MODEL_CPU_THREADS", _int_in(1, 1024), no_threads),
             mxnet_cpu_temp_copy=reader.get("MXNET_CPU_TEMP_COPY", _int_in(1, 64), no_threads),
             model_dtype=model_dtype,
+            model_graph_per_batch_size=reader.get("MODEL_GRAPH_PER_BATCH_SIZE", _parse_bool, True),
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
             queue_max=reader.get("QUEUE_MAX", _int_in(1, 1_000_000), 64),

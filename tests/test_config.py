@@ -18,6 +18,7 @@ def test_defaults_match_the_original_service() -> None:
     assert settings.probability_threshold == 0.5
     assert settings.model_epoch == 0
     assert settings.devices.gpus == ()
+    assert settings.model_graph_per_batch_size is True
     # With no model settings, both shipped models, COCO first, each at its declared size.
     assert settings.models == (
         ModelSpec("coco", Path(SHIPPED_COCO_PREFIX)),
@@ -49,6 +50,7 @@ def test_every_variable_is_read() -> None:
             "MODEL_EDGE": "384",
             "MODEL_CONTEXT_GPU": "0,1",
             "MODEL_DTYPE": "float16",
+            "MODEL_GRAPH_PER_BATCH_SIZE": "false",
             "BATCH_MAX_SIZE": "16",
             "BATCH_MAX_DELAY_MS": "2.5",
             "QUEUE_MAX": "10",
@@ -77,6 +79,7 @@ def test_every_variable_is_read() -> None:
     assert settings.devices.gpus == (0, 1)
     assert settings.devices.cpu_replicas == 2
     assert settings.model_dtype == "float16"
+    assert settings.model_graph_per_batch_size is False
     assert (settings.batch_max_size, settings.batch_max_delay_ms) == (16, 2.5)
     assert (settings.queue_max, settings.max_body_bytes, settings.max_image_pixels) == (
         10,
@@ -151,6 +154,7 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("MAX_CONNECTIONS", "0"),
         ("MAX_CONNECTIONS", "lots"),
         ("METRICS_REQUIRE_KEY", "maybe"),
+        ("MODEL_GRAPH_PER_BATCH_SIZE", "sometimes"),
         ("PREPROCESS_NICE", "-1"),
         ("PREPROCESS_NICE", "20"),
         ("PREPROCESS_NICE", "low"),

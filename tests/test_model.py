@@ -159,6 +159,42 @@ def test_forward_is_deterministic_and_batch_independent(detectors: list[Detector
         detector.forward([])
 
 
+def test_each_batch_size_has_a_graph_of_its_own_on_the_same_weights(
+    small_model_prefix: Path, detectors: list[Detector]
+) -> None:
+    """Per-size graphs (the default) and one shared graph answer alike, in any order of sizes."""
+    per_size = detectors[0]
+    assert per_size.graph_count == per_size.max_batch, "warm-up planned every size"
+    graphs = list(per_size._graphs.values())
+    weights = [{name: p.data() for name, p in g.collect_params().items()} for g in graphs]
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        assert all(other[name] is weights[0][name] for name in other), "no copy of the weights"
+    (shared,) = load_detectors(
+        small_model_prefix,
+        0,
+        SMALL_EDGE,
+        DeviceSpec(),
+        per_size.max_batch,
+        graph_per_batch_size=False,
+    )
+    try:
+        assert shared.graph_count == 1
+        rng = np.random.default_rng(2)
+        for size in (3, 1, per_size.max_batch, 2, 3):
+            tensors = [
+                rng.normal(0, 1, (3, SMALL_EDGE, SMALL_EDGE)).astype(np.float32)
+                for _ in range(size)
+            ]
+            for a, b in zip(per_size.forward(tensors), shared.forward(tensors), strict=True):
+                assert np.array_equal(a.class_ids, b.class_ids)
+                assert np.allclose(a.scores, b.scores, atol=1e-6)
+                assert np.allclose(a.boxes, b.boxes, atol=1e-3)
+        assert shared.graph_count == 1
+    finally:
+        shared.close()
+
+
 def test_large_photo_boxes_match_full_resolution_decoding(detectors: list[Detector]) -> None:
     """Reduced (1/8 in the DCT) and full decoding of a 4000x3000 photo give the same boxes."""
     detector = detectors[0]

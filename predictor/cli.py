@@ -172,6 +172,14 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "no crop pretraining)",
     )
     train.add_argument(
+        "--hard-negatives",
+        type=_positive_int,
+        default=defaults.min_hard_negatives,
+        metavar="N",
+        help="background anchors each image adds to the loss at least, its most confident "
+        "wrong ones: what a photo with nothing to find teaches (default: %(default)s)",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue the run in OUT from its last epoch"
     )
     train.set_defaults(func=_cmd_train)
@@ -200,6 +208,16 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     evaluate.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _probability_arg(raw: str) -> float:
@@ -368,6 +386,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         init_params=str(args.init) if args.init else None,
+        min_hard_negatives=args.hard_negatives,
     )
     state = train(
         args.data,

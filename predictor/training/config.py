@@ -32,3 +32,7 @@ class TrainConfig:
     # Fine-tuning: start from these weights (an earlier run's last.params, same network
     # and classes) instead of random ones; no crop pretraining then.
     init_params: str | None = None
+    # Background anchors every image contributes to the classification loss at least:
+    # its most confident wrong ones. Beyond that the loss takes 3 per positive anchor, so
+    # this is what an image with no object (a photo of nothing) teaches.
+    min_hard_negatives: int = 8

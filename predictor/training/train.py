@@ -164,7 +164,7 @@ def train(
     if resume and (out_dir / "last.states").is_file():
         trainer.load_states(str(out_dir / "last.states"))
     target_generator = _target_generator()
-    loss_fn = _multibox_loss()
+    loss_fn = _multibox_loss(config.min_hard_negatives)
     augment = TrainAugment(
         out_size=(config.edge, config.edge),
         max_expand_ratio=config.max_expand_ratio,
@@ -337,9 +337,6 @@ def _build_network(config: TrainConfig, classes: Sequence[str]) -> mx.gluon.Hybr
     return net
 
 
-_MIN_HARD_NEGATIVES = 8
-
-
 def _anchors(net: mx.gluon.HybridBlock, edge: int) -> mx.nd.NDArray:
     with mx.autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, edge, edge)))
@@ -355,13 +352,13 @@ def _target_generator() -> Callable[..., Any]:
     return generator
 
 
-def _multibox_loss() -> Callable[..., Any]:
+def _multibox_loss(min_hard_negatives: int) -> Callable[..., Any]:
     from gluoncv.loss import SSDMultiBoxLoss
 
     # With no hard-negative floor an image without objects adds nothing to the loss (the
     # mining takes 3 negatives per positive), and the model is never told that the digits
     # it imagines in a photo are not there: each image's most confident wrong anchors count.
-    loss: Callable[..., Any] = SSDMultiBoxLoss(min_hard_negatives=_MIN_HARD_NEGATIVES)
+    loss: Callable[..., Any] = SSDMultiBoxLoss(min_hard_negatives=min_hard_negatives)
     return loss
 
 

@@ -138,3 +138,36 @@ def test_train_cli_reports_bad_data_without_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "a.txt" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_hard_negative_floor_is_what_an_image_without_objects_teaches() -> None:
+    """On an all-background image the loss counts exactly the N most confident wrong anchors."""
+    from predictor.training.train import _multibox_loss
+
+    rng = np.random.default_rng(4)
+    anchors, classes = 500, 14
+    logits = rng.normal(0, 2, (1, anchors, classes)).astype(np.float32)
+    background = np.zeros((1, anchors), np.float32)
+    # Per anchor, -log p(background): the worst anchors are the most confident wrong ones.
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    per_anchor = -(shifted[..., 0] - np.log(np.exp(shifted).sum(axis=-1)))[0]
+    worst_first = np.sort(per_anchor)[::-1]
+    for floor in (8, 64, anchors):
+        _, cls_loss, _ = _multibox_loss(floor)(
+            mx.nd.array(logits),
+            mx.nd.zeros((1, anchors, 4)),
+            mx.nd.array(background),
+            mx.nd.zeros((1, anchors, 4)),
+        )
+        assert float(cls_loss[0].asscalar()) == pytest.approx(worst_first[:floor].sum(), rel=1e-4)
+
+
+def test_train_cli_refuses_a_hard_negative_floor_below_one(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "predictor", "train", "--data", str(tmp_path), "--out",
+         str(tmp_path / "r"), "--hard-negatives", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--hard-negatives: must be at least 1, not 0" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from predictor.checkpoint import Checkpoint
 from predictor.config import Settings, parse_probability
 from predictor.convert.cli import add_convert_parser
-from predictor.data.cli import add_data_parser
+from predictor.data.cli import add_data_parser, int_at_least
 from predictor.errors import CheckpointError, ConfigError, PredictorError
 from predictor.runtime.memory import configure_temp_space, settle_heap, tune_allocator
 from predictor.runtime.threads import configure_openmp
@@ -173,7 +173,7 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     train.add_argument(
         "--hard-negatives",
-        type=_positive_int,
+        type=int_at_least(1),
         default=defaults.min_hard_negatives,
         metavar="N",
         help="background anchors each image adds to the loss at least, its most confident "
@@ -208,16 +208,6 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     evaluate.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report")
     evaluate.set_defaults(func=_cmd_evaluate)
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _probability_arg(raw: str) -> float:

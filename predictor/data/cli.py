@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from predictor.data.dataset import Dataset
@@ -50,8 +51,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         ),
     )
     synth.add_argument("--out", type=Path, required=True, help="new or empty output directory")
-    synth.add_argument("--images", type=_non_negative_int, required=True, help="number of images")
-    synth.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    synth.add_argument("--images", type=int_at_least(0), required=True, help="number of images")
+    synth.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     synth.add_argument("--format", choices=FORMATS, default="voc", help="annotation format")
     synth.add_argument("--min-side", type=int, default=256, help="smallest image side (px)")
     synth.add_argument("--max-side", type=int, default=640, help="largest image side (px)")
@@ -194,11 +195,16 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``, else a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_server import machine, measure_offline, write_markdown
+from bench.bench_server import cpuinfo_field, machine, measure_offline, write_markdown
 from bench.compare import RESNET_PREFIX, ensure_resnet
 from predictor.config import SHIPPED_MODEL_EDGE, SHIPPED_MODEL_PREFIX, DeviceSpec
 from predictor.data import synthesize
@@ -147,13 +147,8 @@ def compare_model(
     return report
 
 
-def int8_instructions(cpuinfo: str) -> str:
-    """What the CPU offers oneDNN's int8 kernels, from /proc/cpuinfo's flags."""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+def int8_instructions(flags: set[str]) -> str:
+    """What the CPU offers oneDNN's int8 kernels, from its flags (/proc/cpuinfo)."""
     if "avx512_vnni" in flags:
         return "AVX-512 VNNI: the int8 multiply-add instructions behind the published speed-ups"
     if "avx_vnni" in flags:
@@ -231,13 +226,6 @@ def render_section(reports: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return ""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-images", type=int, default=300)
@@ -286,7 +274,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "command": "make bench-int8",
-        "int8_instructions": int8_instructions(_read_cpuinfo()),
+        "int8_instructions": int8_instructions(set((cpuinfo_field("flags") or "").split())),
     }
     args.json.write_text(json.dumps(reports, indent=1) + "\n", encoding="utf-8")
     write_markdown(args.markdown, render_section(reports, meta), MARK_START, MARK_END)

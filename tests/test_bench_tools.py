@@ -412,10 +412,10 @@ async def test_loadgen_uploads_a_multipart_file_for_servers_that_take_files(
 def test_the_int8_report_says_which_int8_instructions_the_cpu_has() -> None:
     from bench.int8_report import int8_instructions
 
-    assert int8_instructions("flags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n").startswith(
+    assert int8_instructions({"fpu", "avx2", "avx512f", "avx512_vnni", "amx_int8"}).startswith(
         "AVX-512 VNNI"
     )
-    assert int8_instructions("flags\t\t: fpu avx2 avx_vnni\n").startswith("AVX-VNNI")
-    assert int8_instructions("flags\t\t: fpu sse4_2 avx2 fma\n").startswith("AVX2, no VNNI")
-    assert int8_instructions("flags\t\t: fpu sse4_2\n").startswith("no AVX2")
-    assert int8_instructions("").startswith("no AVX2")
+    assert int8_instructions({"fpu", "avx2", "avx_vnni"}).startswith("AVX-VNNI")
+    assert int8_instructions({"fpu", "sse4_2", "avx2", "fma"}).startswith("AVX2, no VNNI")
+    assert int8_instructions({"fpu", "sse4_2"}).startswith("no AVX2")
+    assert int8_instructions(set()).startswith("no AVX2")

@@ -161,3 +161,41 @@ def test_temp_workspaces_cannot_change_once_mxnet_is_loaded(
     assert not configure_temp_space(wanted)
     assert "already loaded" in caplog.text
     assert os.environ.get(TEMP_COPY_VARIABLE) != str(wanted)
+
+
+_MAPPED_ONE_BY_ONE = """
+import ctypes
+from predictor.runtime.memory import MMAP_THRESHOLD_BYTES, tune_allocator
+assert tune_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped_alone(size):
+    # glibc puts an mmapped block 16 bytes into a mapping of its own.
+    pointer = libc.malloc(size)
+    starts = {int(line.split("-")[0], 16) for line in open("/proc/self/maps")}
+    libc.free(pointer)
+    return pointer - 16 in starts
+
+KiB = 1024
+print(mapped_alone(MMAP_THRESHOLD_BYTES - 64 * KiB), mapped_alone(MMAP_THRESHOLD_BYTES + 64 * KiB))
+print(MMAP_THRESHOLD_BYTES)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_buffers_below_the_mmap_threshold_come_from_the_heap_and_above_it_are_mapped() -> None:
+    # A request's buffers (body, decoded photo, tensor) are under 4 MiB: reused from
+    # the heap, they cost no page faults and no munmap (predictor/runtime/memory.py).
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPED_ONE_BY_ONE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    below, above = done.stdout.splitlines()[0].split()
+    assert (below, above) == ("False", "True")
+    assert int(done.stdout.splitlines()[1]) == 4 * 1024 * 1024

@@ -23,7 +23,14 @@ data:
 - `tune_allocator` (at start, before the models load) fixes the mmap
   threshold at `MMAP_THRESHOLD_BYTES`, which also stops its drift: buffers of
   that size and more are mmapped and go back to the system as soon as they
-  are freed;
+  are freed. It is 4 MiB, not lower: a block that is mmapped costs a page
+  fault for every 4 KiB first written and an munmap (in a process whose
+  threads run on several cores, one that interrupts the others) each time,
+  and a request of the shipped model allocates several buffers between
+  256 KiB and 4 MiB (the body, the decoded photo, the tensor). At 256 KiB
+  that cost 1.4 ms of decoding per request at one client and about a tenth
+  of the throughput at 16 and 64 (BENCHMARKS.md, "The mmap threshold");
+  the trim below returns what such buffers leave free in the arenas;
 - `settle_heap` (once the models are warm) freezes the start-up heap, so
   that later collections look only at what requests allocate;
 - `release_free_memory`, which the server calls every
@@ -66,9 +73,10 @@ TEMP_COPY_VARIABLE = "MXNET_CPU_TEMP_COPY"
 
 # mallopt parameters (glibc's malloc.h).
 _M_MMAP_THRESHOLD = -3
-# Blocks of this size and more are mmapped: every photo-sized buffer, and
-# few enough that the system calls do not show (a few per request).
-MMAP_THRESHOLD_BYTES = 256 * 1024
+# Blocks of this size and more are mmapped and returned when freed: full-size
+# decoded photos and the largest bodies; smaller ones are reused from the
+# arenas without page faults (see the module's docstring).
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 
 
 @cache

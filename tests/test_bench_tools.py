@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections import Counter
 from dataclasses import replace
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from bench.bench_server import paired_overhead_ms
 from bench.compare import (
     CONTENDERS,
     PEERS,
@@ -90,6 +92,19 @@ def test_pooled_runs_add_requests_and_wall_time() -> None:
     assert pooled.throughput_rps == pytest.approx(3 / 5.0)
     assert pooled.percentile_ms(50) == 20.0
     assert first.latencies_ms == [10.0, 20.0]  # the runs themselves are unchanged
+
+
+def test_one_client_overhead_pairs_each_request_with_its_own_photo() -> None:
+    # Two small photos (30 ms offline) and a large one (70 ms), sent in a mix
+    # that favours the large one; the server adds 2 ms to each request.
+    sent = [30.0, 30.0, 70.0, 70.0, 70.0]
+    http = [ms + 2.0 for ms in sent]
+    # Against the offline median of the photos, the HTTP median looks 40 ms slower...
+    assert statistics.median(http) - statistics.median([30.0, 30.0, 70.0]) == pytest.approx(42.0)
+    # ...while each request, set against its own photo, shows the 2 ms.
+    assert paired_overhead_ms(http, sent) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="as many"):
+        paired_overhead_ms(http, sent[:-1])
 
 
 # ------------------------------------------------------------ the peers of bench-compare

@@ -28,8 +28,9 @@ data:
   threads run on several cores, one that interrupts the others) each time,
   and a request of the shipped model allocates several buffers between
   256 KiB and 4 MiB (the body, the decoded photo, the tensor). At 256 KiB
-  that cost 1.4 ms of decoding per request at one client and about a tenth
-  of the throughput at 16 and 64 (BENCHMARKS.md, "The mmap threshold");
+  that cost about 1.6 ms per request at one client and a tenth of the
+  throughput at 16 and 64 clients, float32 and int8 alike (BENCHMARKS.md,
+  "The mmap threshold");
   the trim below returns what such buffers leave free in the arenas;
 - `settle_heap` (once the models are warm) freezes the start-up heap, so
   that later collections look only at what requests allocate;

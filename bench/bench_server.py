@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -82,13 +83,7 @@ def measure_offline(
         results["serial"][batch] = offline_rate(detector, files, "serial", repeats, workers)
         results["overlapped"][batch] = offline_rate(detector, files, "overlapped", repeats, workers)
         if batch == 1:
-            latencies = []
-            for _ in range(repeats):
-                for data in payloads:
-                    one = time.perf_counter()
-                    image = prepare(data, detector.preprocessing, 2**31 - 1)
-                    detector.forward([image.tensor])
-                    latencies.append((time.perf_counter() - one) * 1000.0)
+            latencies = [single_image_ms(detector, one) for _ in range(repeats) for one in payloads]
             results["single_image_ms"] = statistics.median(latencies)
         detector.close()
     best_mode, best_batch, best = max(
@@ -109,6 +104,14 @@ def measure_offline(
     return results
 
 
+def single_image_ms(detector: Detector, data: bytes) -> float:
+    """Milliseconds to decode, preprocess and run one image alone."""
+    started = time.perf_counter()
+    image = prepare(data, detector.preprocessing, 2**31 - 1)
+    detector.forward([image.tensor])
+    return (time.perf_counter() - started) * 1000.0
+
+
 def offline_rate(
     detector: Detector, files: list[Path], mode: str, passes: int, workers: int
 ) -> float:
@@ -117,9 +120,9 @@ def offline_rate(
     Overlapped decoding runs ``workers`` threads at the server's default
     priority step (PREPROCESS_NICE), as the server does.
     """
-    payloads = [path.read_bytes() for path in files]
-    started = time.perf_counter()
     if mode == "serial":
+        payloads = [path.read_bytes() for path in files]
+        started = time.perf_counter()
         batch = detector.max_batch
         for _ in range(passes):
             for first in range(0, len(payloads), batch):
@@ -129,6 +132,7 @@ def offline_rate(
     else:
         # One stream of every pass: a server overlaps continuously, with no ramp-up per pass.
         nice = Settings().preprocess_nice
+        started = time.perf_counter()
         for _ in detect_files(files * passes, detector, 0.5, 2**31 - 1, workers, nice):
             pass
     return passes * len(files) / (time.perf_counter() - started)
@@ -172,12 +176,6 @@ async def one_client_pairs(
                 raise RuntimeError(f"the server answered {response.status} at one client")
         return (time.perf_counter() - started) * 1000.0
 
-    def offline(body: bytes) -> float:
-        started = time.perf_counter()
-        image = prepare(body, detector.preprocessing, 2**31 - 1)
-        detector.forward([image.tensor])
-        return (time.perf_counter() - started) * 1000.0
-
     bodies = [path.read_bytes() for path in files]
     async with aiohttp.ClientSession() as session:
         await over_http(session, bodies[0])  # the connection, opened once
@@ -185,9 +183,9 @@ async def one_client_pairs(
             for body in bodies:
                 if round_ % 2 == 0:
                     http_ms.append(await over_http(session, body))
-                    offline_ms.append(offline(body))
+                    offline_ms.append(single_image_ms(detector, body))
                 else:
-                    offline_ms.append(offline(body))
+                    offline_ms.append(single_image_ms(detector, body))
                     http_ms.append(await over_http(session, body))
     return http_ms, offline_ms
 
@@ -426,13 +424,15 @@ def main() -> None:
                 "throughput_rps": r.throughput_rps,
                 "p50_ms": r.percentile_ms(50),
                 "p99_ms": r.percentile_ms(99),
-                # Against the limits measured just before and just after this level.
-                "limit_rps": (limits[i] + limits[i + 1]) / 2,
-                "efficiency": r.throughput_rps / ((limits[i] + limits[i + 1]) / 2),
+                "limit_rps": around,
+                "efficiency": r.throughput_rps / around,
                 "loadgen_cpu_share": r.cpu_share,
                 "statuses": dict(r.statuses),
             }
-            for i, r in enumerate(results)
+            # Each level against the limits measured just before and just after it.
+            for r, around in zip(
+                results, [(a + b) / 2 for a, b in itertools.pairwise(limits)], strict=True
+            )
         ],
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

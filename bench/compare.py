@@ -6,7 +6,8 @@ One run, one machine, the same checkpoint and the same JPEGs for everyone:
    in one process without HTTP, at several batch sizes, serially and with
    decoding overlapped; the best rate is the limit.
 2. ``predictor``: `predictor serve` with ``BATCH_MAX_SIZE`` = the best
-   offline batch and ``BATCH_MAX_DELAY_MS=5``.
+   offline batch and ``BATCH_MAX_DELAY_MS=5`` (and its default
+   ``BATCH_BACKLOG_DELAY_MS``, the longer wait under a backlog).
 3. ``naive``: `bench.naive_server`, one synchronous forward per request.
 4. The peers, each in its own venv under ``bench/.work``, started and stopped
    by the benchmark, each with its own batching at the same batch size (and
@@ -767,7 +768,9 @@ def method_text(meta: dict[str, Any]) -> str:
         "closed-loop clients in the benchmark's own process, each server alone in its own "
         "process (tree) on loopback, after a warm-up. predictor and the peers batch up to the "
         f"best offline batch size: predictor, MMS and TorchServe wait at most {BATCH_DELAY_MS} ms "
-        f"for a batch, Ray Serve's `@serve.batch` {BATCH_DELAY_MS} ms (`batch_wait_timeout_s`), "
+        "for a batch (predictor up to its default `BATCH_BACKLOG_DELAY_MS`, 50 ms, while a "
+        "whole further batch is admitted and decoding, a wait the peers have no setting for), "
+        f"Ray Serve's `@serve.batch` {BATCH_DELAY_MS} ms (`batch_wait_timeout_s`), "
         "BentoML's adaptive batcher decides its own wait (it has no delay setting). Peers "
         f"({peer_versions()}) each run in their own venv under `bench/.work`, started and "
         f"stopped by the benchmark, with {os.cpu_count() or 1} model replicas (one per core: "

@@ -51,6 +51,11 @@ MODEL_GRAPH_PER_BATCH_SIZE
 BATCH_MAX_SIZE       8                        most images in one forward pass
 BATCH_MAX_DELAY_MS   5                        longest the oldest image in a batch waits
                                               for the batch to fill
+BATCH_BACKLOG_DELAY_MS
+                     50                       the same under a backlog (a further whole
+                                              batch admitted and decoding); never less
+                                              than BATCH_MAX_DELAY_MS (0: no longer wait);
+                                              see predictor/service/batching.py
 QUEUE_MAX            64                       images admitted but not yet in a forward
                                               pass; beyond it requests get 503
 MAX_BODY_BYTES       20971520 (20 MiB)        larger bodies get 413
@@ -192,6 +197,7 @@ class Settings:
     model_graph_per_batch_size: bool = True
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
+    batch_backlog_delay_ms: float = 50.0
     queue_max: int = 64
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
@@ -286,6 +292,9 @@ class Settings:
             model_graph_per_batch_size=reader.get("MODEL_GRAPH_PER_BATCH_SIZE", _parse_bool, True),
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
+            batch_backlog_delay_ms=reader.get(
+                "BATCH_BACKLOG_DELAY_MS", _float_in(0.0, 10_000.0), 50.0
+            ),
             queue_max=reader.get("QUEUE_MAX", _int_in(1, 1_000_000), 64),
             max_body_bytes=reader.get("MAX_BODY_BYTES", _int_in(1024, 2**31), 20 * 1024 * 1024),
             max_image_pixels=reader.get("MAX_IMAGE_PIXELS", _int_in(1, 2**31), 50_000_000),

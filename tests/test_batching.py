@@ -79,6 +79,42 @@ async def test_an_admitted_item_still_on_its_way_is_waited_for_up_to_the_delay()
     await batcher.stop(grace_s=1)
 
 
+async def test_under_a_backlog_a_batch_waits_longer_to_fill() -> None:
+    replica = Recorder()
+    batcher = Batcher(
+        [replica], max_batch_size=2, max_delay_s=0.0, backlog_delay_s=0.5, queue_max=10
+    )
+    batcher.start()
+    # One image on its way beside the batch: less than a further batch, no backlog,
+    # so the batch waits only BATCH_MAX_DELAY_MS (here none) and runs alone.
+    late = batcher.admit()
+    assert await submit(batcher, 1) == 2
+    assert await late.infer(2) == 4
+    late.release()
+    assert replica.batches == [[1], [2]]
+    # Two on their way (a whole further batch): the batch waits for the first to come.
+    on_their_way = [batcher.admit(), batcher.admit()]
+    early = asyncio.ensure_future(submit(batcher, 3))
+    await asyncio.sleep(0.1)
+    assert not early.done()
+    assert await on_their_way[0].infer(4) == 8
+    assert await early == 6
+    assert replica.batches[2] == [3, 4]
+    # The last one has nothing beside it and runs at once; places are given back.
+    assert await on_their_way[1].infer(5) == 10
+    for admission in on_their_way:
+        admission.release()
+    assert replica.batches[3] == [5]
+    # Images that never come delay a batch by the backlog delay at most.
+    absent = [batcher.admit(), batcher.admit()]
+    started = time.monotonic()
+    assert await submit(batcher, 6) == 12
+    assert 0.4 <= time.monotonic() - started < 5.0
+    for admission in absent:
+        admission.release()
+    await batcher.stop(grace_s=1)
+
+
 async def test_items_queued_during_a_forward_form_the_next_batch_at_once() -> None:
     replica = Recorder(delay_s=0.2)
     batcher = Batcher([replica], max_batch_size=8, max_delay_s=0.05, queue_max=100)

@@ -19,6 +19,7 @@ def test_defaults_match_the_original_service() -> None:
     assert settings.model_epoch == 0
     assert settings.devices.gpus == ()
     assert settings.model_graph_per_batch_size is True
+    assert (settings.batch_max_delay_ms, settings.batch_backlog_delay_ms) == (5.0, 50.0)
     # With no model settings, both shipped models, COCO first, each at its declared size.
     assert settings.models == (
         ModelSpec("coco", Path(SHIPPED_COCO_PREFIX)),
@@ -53,6 +54,7 @@ def test_every_variable_is_read() -> None:
             "MODEL_GRAPH_PER_BATCH_SIZE": "false",
             "BATCH_MAX_SIZE": "16",
             "BATCH_MAX_DELAY_MS": "2.5",
+            "BATCH_BACKLOG_DELAY_MS": "0",
             "QUEUE_MAX": "10",
             "MAX_BODY_BYTES": "2048",
             "MAX_IMAGE_PIXELS": "1000",
@@ -81,6 +83,7 @@ def test_every_variable_is_read() -> None:
     assert settings.model_dtype == "float16"
     assert settings.model_graph_per_batch_size is False
     assert (settings.batch_max_size, settings.batch_max_delay_ms) == (16, 2.5)
+    assert settings.batch_backlog_delay_ms == 0.0
     assert (settings.queue_max, settings.max_body_bytes, settings.max_image_pixels) == (
         10,
         2048,
@@ -140,6 +143,7 @@ def test_gpu_selection(value: str, gpus: tuple[int, ...]) -> None:
         ("MODEL_CONTEXT_GPU", "0,0"),
         ("BATCH_MAX_SIZE", "0"),
         ("BATCH_MAX_DELAY_MS", "-5"),
+        ("BATCH_BACKLOG_DELAY_MS", "soon"),
         ("QUEUE_MAX", "many"),
         ("MAX_BODY_BYTES", "1e6"),
         ("LOG_LEVEL", "LOUD"),

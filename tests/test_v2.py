@@ -268,6 +268,7 @@ def test_triton_config_and_statistics_say_what_the_server_really_did(
         "PREPROCESS_WORKERS": "2",
         "BATCH_MAX_SIZE": "4",
         "BATCH_MAX_DELAY_MS": "7",
+        "BATCH_BACKLOG_DELAY_MS": "40",
         "QUEUE_MAX": "16",
     }
     with ServerProcess(env) as process:
@@ -290,6 +291,7 @@ def test_triton_config_and_statistics_say_what_the_server_really_did(
             batching = config["dynamic_batching"]
             assert batching["preferred_batch_size"] == [4]
             assert batching["max_queue_delay_microseconds"] == 7000
+            assert config["parameters"]["batch_backlog_delay_ms"] == {"string_value": "40"}
             assert batching["default_queue_policy"]["max_queue_size"] == 16
             assert config["instance_group"] == [{"name": name, "kind": "KIND_CPU", "count": 1}]
             assert client.get_model_config(name, model_version="1") == config

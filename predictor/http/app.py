@@ -65,6 +65,7 @@ def create_app(
     service_settings = ServiceSettings(
         batch_max_size=settings.batch_max_size,
         batch_max_delay_ms=settings.batch_max_delay_ms,
+        batch_backlog_delay_ms=settings.batch_backlog_delay_ms,
         queue_max=settings.queue_max,
         max_image_pixels=settings.max_image_pixels,
         request_timeout_ms=settings.request_timeout_ms,

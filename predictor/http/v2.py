@@ -134,6 +134,8 @@ class V2Routes:
             request_timeout_ms=settings.request_timeout_ms,
             devices=tuple(replica.device for replica in service.replicas),
             parameters={
+                # Triton has no such setting: the longer wait under a backlog.
+                "batch_backlog_delay_ms": f"{settings.batch_backlog_delay_ms:g}",
                 "source": service.source,
                 "classes": ",".join(service.classes),
                 "preprocessing": json.dumps(service.preprocessing.to_json()),

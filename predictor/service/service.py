@@ -76,6 +76,7 @@ class ServiceSettings:
 
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
+    batch_backlog_delay_ms: float = 50.0
     queue_max: int = 64
     max_image_pixels: int = 50_000_000
     request_timeout_ms: float = 10_000.0
@@ -128,6 +129,7 @@ class DetectionService:
             [_forward_of(replica) for replica in replicas],
             max_batch_size=min(settings.batch_max_size, *(r.max_batch for r in replicas)),
             max_delay_s=settings.batch_max_delay_ms / 1000.0,
+            backlog_delay_s=settings.batch_backlog_delay_ms / 1000.0,
             queue_max=settings.queue_max,
             metrics=metrics,
             names=[str(replica.device) for replica in replicas],

@@ -264,6 +264,26 @@ def test_efficiency_is_judged_per_load_generator_dtype_and_client_count() -> Non
             assert sum(text in line for line in lines) == 1, text
 
 
+def test_efficiency_is_judged_against_the_limits_measured_around_predictors_levels() -> None:
+    rows = _rows(SMALL)  # the run's limit: 30 images/s; predictor 20 and 28 req/s
+    details = {
+        "ssd300_digits_shapes/float32": {
+            # Two rounds of bench.loadgen's levels, one of perf_analyzer's.
+            "limits_around_predictor": {"bench.loadgen": [[21.0, 22.0], [23.0, 22.0]]}
+        }
+    }
+    lines = verdicts(rows, details)
+    loadgen = [x for x in lines if "float32, 16 clients, driven by bench.loadgen" in x]
+    assert len(loadgen) == 1
+    # 20 / mean(21, 22, 23, 22) = 0.91, where the run's limit would read 0.67.
+    against = "(predictor / the limit around its levels, 21.0 / 22.0 / 23.0 / 22.0) **0.91**"
+    assert against in loadgen[0]
+    assert loadgen[0].endswith("target >= 0.9: met.")
+    # perf_analyzer's levels have no limits of their own here: the run's limit it is.
+    perf = [x for x in lines if "float32, 16 clients, driven by perf_analyzer" in x]
+    assert len(perf) == 1 and "(predictor / offline limit) **0.93**" in perf[0]
+
+
 def test_peer_targets_take_the_best_peer_of_each_view() -> None:
     lines = verdicts(_rows(SMALL))
     deployed = [x for x in lines if "16 clients, as deployed" in x]

@@ -497,9 +497,10 @@ def measure_case(
     # run this shared machine's speed drifts by more than the target's margin.
     around: dict[str, list[list[float]]] = {LOADGEN: [], PERF_ANALYZER: []}
 
-    def best_limit() -> float:
+    def best_limit(when: str) -> float:
+        """The limit's best configuration (mode and batch) measured again, now."""
         rate = float(limit((offline["best_batch"],))["limit_rps"])
-        print(f"  limit {rate:.2f} images/s", file=sys.stderr, flush=True)
+        print(f"  limit {when} {rate:.2f} images/s", file=sys.stderr, flush=True)
         return rate
 
     for round_index in range(case.rounds):
@@ -508,16 +509,17 @@ def measure_case(
             batch = offline["best_batch"]
             ours = who.name == "predictor"
             with contender(who, case, prefix, batch, dtype, baseline_model) as endpoint:
-                before = best_limit() if ours else 0.0
+                before = best_limit("before predictor's levels") if ours else 0.0
                 runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
                 if ours:
-                    between = best_limit()
+                    between = best_limit("after them")
                     around[LOADGEN].append([before, between])
                 if perf_data is not None and ours:
                     label = f"{who} {dtype}"
                     try:
                         perf_runs.append(perf_analyzer_levels(endpoint, perf_data, case, label))
-                        around[PERF_ANALYZER].append([between, best_limit()])
+                        after = best_limit("after perf_analyzer's")
+                        around[PERF_ANALYZER].append([between, after])
                     except PerfAnalyzerError as exc:
                         # Hours of other figures are not thrown away for it: reported instead.
                         print(f"  perf_analyzer failed: {exc}", file=sys.stderr, flush=True)
@@ -529,13 +531,8 @@ def measure_case(
     # This shared machine's speed drifts over the contenders' runs: the limit's
     # configuration is measured again after them, and the limit is the mean of both.
     offline["limit_before_rps"] = offline["limit_rps"]
-    offline["limit_after_rps"] = limit((offline["best_batch"],))["limit_rps"]
+    offline["limit_after_rps"] = best_limit("after the servers' runs")
     offline["limit_rps"] = (offline["limit_before_rps"] + offline["limit_after_rps"]) / 2
-    print(
-        f"  limit after the servers' runs {offline['limit_after_rps']:.2f} images/s",
-        file=sys.stderr,
-        flush=True,
-    )
     rows = offline_rows(case, dtype, offline)
     for who in contenders:
         results = [LoadResult.pooled(level_runs) for level_runs in zip(*runs[who], strict=True)]

@@ -452,7 +452,7 @@ def merge_detection_head(
         merged = _best_candidates(class_ids, scores, boxes, keep)
     else:
         merged = _candidates(class_ids, scores, boxes, classes)
-    rebuilt = _rebuild_from(nodes, nms, {candidates: merged})
+    rebuilt = _rebuild_from(nodes, nms, {candidates: merged}, symbol)
     if rebuilt is None:
         return symbol
     heads = [rebuilt.get(head[0]) for head in graph["heads"]]
@@ -668,33 +668,58 @@ def _is_class_index_table(nodes: list[Node], index: int, classes: int) -> bool:
 
 
 def _rebuild_from(
-    nodes: list[Node], start: int, built: dict[int, mx.sym.Symbol]
+    nodes: list[Node], start: int, built: dict[int, mx.sym.Symbol], original: mx.sym.Symbol
 ) -> dict[int, mx.sym.Symbol] | None:
     """Recreate ``nodes[start:]`` that depend on ``built``, over the replacements in it.
 
-    None when a node there also reads something outside ``built`` (the tail
-    of GluonCV's head reads only the suppression's output).
+    Their other inputs are taken as they are from ``original``'s internals: GluonCV's
+    own tail reads only the suppression's output, but a verifier after it
+    (`predictor.training.verifier`) also reads the image and its own weights. None
+    when an operator or an input cannot be found.
     """
+    internals = original.get_internals()
+    available = set(internals.list_outputs())
     for index in range(start, len(nodes)):
         node = nodes[index]
-        inputs = [entry[0] for entry in node["inputs"]]
-        if index != start and not any(source in built for source in inputs):
+        entries = node["inputs"]
+        if index != start and not any(entry[0] in built for entry in entries):
             continue
-        if any(source not in built for source in inputs):
-            return None
         operator = _operator(node["op"])
         if operator is None:
             return None
-        built[index] = operator(
-            *(built[source] for source in inputs), name=node["name"], **node.get("attrs", {})
-        )
+        inputs = []
+        for source, output, *_ in entries:
+            if source in built:
+                symbol = built[source]
+                inputs.append(symbol[output] if len(symbol.list_outputs()) > 1 else symbol)
+                continue
+            name = _entry_name(nodes[source], output, available)
+            if name is None:
+                return None
+            inputs.append(internals[name])
+        built[index] = operator(*inputs, name=node["name"], **node.get("attrs", {}))
     return built
 
 
+def _entry_name(node: Node, output: int, available: set[str]) -> str | None:
+    """The internals name of output ``output`` of ``node``, if the graph has it."""
+    if node["op"] == "null":
+        name = str(node["name"])
+    elif f"{node['name']}_output" in available:
+        name = f"{node['name']}_output"
+    else:
+        name = f"{node['name']}_output{output}"
+    return name if name in available else None
+
+
 def _operator(name: str) -> Callable[..., mx.sym.Symbol] | None:
-    """The ``mx.sym`` function for an operator name of the JSON (contrib ones included)."""
+    """The ``mx.sym`` function for an operator name of the JSON.
+
+    Contrib operators included, and the internal ones that arithmetic on symbols
+    records (``_plus_scalar``, ``_maximum``...).
+    """
     if name.startswith(_CONTRIB_PREFIX):
         found = getattr(mx.sym.contrib, name.removeprefix(_CONTRIB_PREFIX), None)
     else:
-        found = getattr(mx.sym, name, None)
+        found = getattr(mx.sym, name, None) or getattr(mx.sym._internal, name, None)
     return found if callable(found) else None

@@ -49,6 +49,12 @@ back to disk:
   1, where whole rows are copied, and one transpose (12 % of the first
   shipped SSD's float32 forward pass, 20 % of the int8 one).
 
+The suppression is then spliced into the graph in place of the old one, and
+whatever the graph computes from its output is kept node for node: GluonCV's
+slicing, and in a checkpoint with a crop verifier
+(`predictor.training.verifier`) the crops, convolutions and re-scoring,
+float32 or quantized.
+
 A graph that does not have the exact shape the rewrite expects is returned
 unchanged.
 """
@@ -58,7 +64,6 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import mxnet as mx
@@ -66,7 +71,6 @@ import mxnet as mx
 log = logging.getLogger(__name__)
 
 _NMS_OP = "_contrib_box_nms"
-_CONTRIB_PREFIX = "_contrib_"
 
 # A node of MXNet's symbol JSON: {"op", "name", "attrs", "inputs": [[node, output, version]]}.
 Node = dict[str, Any]
@@ -452,13 +456,11 @@ def merge_detection_head(
         merged = _best_candidates(class_ids, scores, boxes, keep)
     else:
         merged = _candidates(class_ids, scores, boxes, classes)
-    rebuilt = _rebuild_from(nodes, nms, {candidates: merged}, symbol)
-    if rebuilt is None:
+    if len(nodes[nms]["inputs"]) != 1:
         return symbol
-    heads = [rebuilt.get(head[0]) for head in graph["heads"]]
-    if any(head is None for head in heads):
-        return symbol
-    return mx.sym.Group(heads)
+    suppression = mx.sym.contrib.box_nms(merged, name=nodes[nms]["name"], **nodes[nms]["attrs"])
+    spliced = _spliced(graph, nms, suppression)
+    return symbol if spliced is None else spliced
 
 
 def _per_class_sources(nodes: list[Node], candidates: int) -> tuple[int, int, int] | None:
@@ -667,59 +669,51 @@ def _is_class_index_table(nodes: list[Node], index: int, classes: int) -> bool:
     )
 
 
-def _rebuild_from(
-    nodes: list[Node], start: int, built: dict[int, mx.sym.Symbol], original: mx.sym.Symbol
-) -> dict[int, mx.sym.Symbol] | None:
-    """Recreate ``nodes[start:]`` that depend on ``built``, over the replacements in it.
+def _spliced(
+    graph: dict[str, Any], replaced: int, replacement: mx.sym.Symbol
+) -> mx.sym.Symbol | None:
+    """``graph`` with node ``replaced`` computed by ``replacement``, everything after it kept.
 
-    Their other inputs are taken as they are from ``original``'s internals: GluonCV's
-    own tail reads only the suppression's output, but a verifier after it
-    (`predictor.training.verifier`) also reads the image and its own weights. None
-    when an operator or an input cannot be found.
+    ``replacement`` was built on the graph's own internals and bears the replaced
+    node's name. Its JSON comes first; then every node of ``graph`` that it
+    does not hold follows in order, reading the new nodes where it read old
+    ones of the same name. The nodes after the replaced one are copied as they
+    are, whatever their operator: GluonCV's slices, a verifier's convolutions
+    (`predictor.training.verifier`), oneDNN's fused and quantized ones. Nodes
+    only the old computation used are dropped when the JSON is loaded. None
+    when names are ambiguous (a name of the replacement is a different node).
     """
-    internals = original.get_internals()
-    available = set(internals.list_outputs())
-    for index in range(start, len(nodes)):
-        node = nodes[index]
-        entries = node["inputs"]
-        if index != start and not any(entry[0] in built for entry in entries):
-            continue
-        operator = _operator(node["op"])
-        if operator is None:
-            return None
-        inputs = []
-        for source, output, *_ in entries:
-            if source in built:
-                symbol = built[source]
-                inputs.append(symbol[output] if len(symbol.list_outputs()) > 1 else symbol)
-                continue
-            name = _entry_name(nodes[source], output, available)
-            if name is None:
+    nodes: list[Node] = graph["nodes"]
+    spliced: list[Node] = json.loads(replacement.tojson())["nodes"]
+    index_of = {node["name"]: index for index, node in enumerate(spliced)}
+    after = _depending_on(nodes, replaced)
+    if len(index_of) != len(spliced) or any(nodes[i]["name"] in index_of for i in after):
+        return None
+    moved: dict[int, int] = {}
+    for index, node in enumerate(nodes):
+        if node["name"] in index_of and index not in after:
+            same = spliced[index_of[node["name"]]]
+            if same["op"] != node["op"]:
                 return None
-            inputs.append(internals[name])
-        built[index] = operator(*inputs, name=node["name"], **node.get("attrs", {}))
-    return built
+            moved[index] = index_of[node["name"]]
+            continue
+        copy = dict(node)
+        copy["inputs"] = [[moved[source], *rest] for source, *rest in node["inputs"]]
+        moved[index] = len(spliced)
+        spliced.append(copy)
+    result = {
+        "nodes": spliced,
+        "arg_nodes": [index for index, node in enumerate(spliced) if node["op"] == "null"],
+        "heads": [[moved[source], *rest] for source, *rest in graph["heads"]],
+        "attrs": graph.get("attrs", {}),
+    }
+    return mx.sym.load_json(json.dumps(result))
 
 
-def _entry_name(node: Node, output: int, available: set[str]) -> str | None:
-    """The internals name of output ``output`` of ``node``, if the graph has it."""
-    if node["op"] == "null":
-        name = str(node["name"])
-    elif f"{node['name']}_output" in available:
-        name = f"{node['name']}_output"
-    else:
-        name = f"{node['name']}_output{output}"
-    return name if name in available else None
-
-
-def _operator(name: str) -> Callable[..., mx.sym.Symbol] | None:
-    """The ``mx.sym`` function for an operator name of the JSON.
-
-    Contrib operators included, and the internal ones that arithmetic on symbols
-    records (``_plus_scalar``, ``_maximum``...).
-    """
-    if name.startswith(_CONTRIB_PREFIX):
-        found = getattr(mx.sym.contrib, name.removeprefix(_CONTRIB_PREFIX), None)
-    else:
-        found = getattr(mx.sym, name, None) or getattr(mx.sym._internal, name, None)
-    return found if callable(found) else None
+def _depending_on(nodes: list[Node], start: int) -> set[int]:
+    """Indices of the nodes that read ``start``'s output, directly or not."""
+    found: set[int] = set()
+    for index in range(start + 1, len(nodes)):
+        if any(source == start or source in found for source, *_ in nodes[index]["inputs"]):
+            found.add(index)
+    return found

@@ -23,8 +23,13 @@ from predictor.data.photos import (
     prepare_photos,
     write_hard_negatives,
     write_negatives,
+    write_round_things,
 )
-from predictor.data.stickers import STICKER_PACKAGE, compose_sticker_photos
+from predictor.data.stickers import (
+    ROUND_STICKER_FOLDERS,
+    STICKER_PACKAGE,
+    compose_sticker_photos,
+)
 from predictor.data.styles import STYLE_SET_NAMES, style_set
 from predictor.data.synth import SceneConfig, synthesize
 
@@ -95,7 +100,10 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             + ", ".join(HARD_NEGATIVE_PACKAGES)
             + " (fine-tuning only) into OUT/hard-negatives; training wallpapers with "
             f"{STICKER_PACKAGE}'s cut-out animals, plants and tools pasted on them "
-            "(fine-tuning only) into OUT/stickers; and scikit-image's and matplotlib's "
+            "(fine-tuning only) into OUT/stickers; photographs of real round things, and "
+            "training wallpapers with its fruit, dishes and balls pasted on them (the crop "
+            "verifier's background only), into OUT/round-things and OUT/round-stickers; and "
+            "scikit-image's and matplotlib's "
             "sample photos (evaluation only) into OUT/negatives."
         ),
     )
@@ -120,6 +128,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 STICKER_PHOTOS = 300
+ROUND_STICKER_PHOTOS = 150
+"""How many photos with round stickers (the crop verifier's) it composes (seed 1)."""
 """How many photos with stickers `predictor data photos` composes (seed 0)."""
 
 
@@ -159,15 +169,23 @@ def run_photos(args: argparse.Namespace) -> int:
     try:
         counts = prepare_photos(args.out)
         hard_negatives = write_hard_negatives(args.out / "hard-negatives")
+        round_things = write_round_things(args.out / "round-things")
+        backgrounds = PhotoLibrary.load(args.out / "train")
         stickers = compose_sticker_photos(
-            args.out / "stickers", PhotoLibrary.load(args.out / "train"), STICKER_PHOTOS, seed=0
+            args.out / "stickers", backgrounds, STICKER_PHOTOS, seed=0
         )
+        round_stickers = compose_sticker_photos(
+            args.out / "round-stickers", backgrounds, ROUND_STICKER_PHOTOS, seed=1,
+            folders=ROUND_STICKER_FOLDERS,
+        )  # fmt: skip
         negatives = write_negatives(args.out / "negatives")
     except (MissingAssetError, OSError) as exc:
         return _fail(str(exc))
     print(
         f"wrote {counts['train']} training and {counts['withheld']} withheld backgrounds, "
-        f"{hard_negatives} fine-tuning negatives, {stickers} photos with stickers and "
+        f"{hard_negatives} fine-tuning negatives, {stickers} photos with stickers, "
+        f"{round_things} photos of round things and {round_stickers} with round stickers "
+        f"(the verifier's), and "
         f"{len(negatives)} held-out negative photos, to {args.out}"
     )
     return 0

@@ -12,6 +12,11 @@ user's photo and saw digits in: animals with eyes, people, buildings, rooms
 (`HARD_NEGATIVE_PHOTOS`, from OpenCV's sample data and Lomiri's wallpapers). Only the
 fine-tuning scenes use them, mostly with nothing drawn on them.
 
+A fourth, ``round-things/``, holds photographs of real round things (`ROUND_THING_PHOTOS`:
+fruit, cups seen from above, a lid, the sun, dandelions). No scene uses them, lest an
+unlabelled round thing teach the detector that circles are background; only the crop
+verifier (`predictor.training.train_verifier`) sees them, as what a drawn circle is not.
+
 scikit-image's and matplotlib's sample photos never enter training: they are the
 evaluation's pure negatives (`write_negatives`), photos with no digit and no shape.
 """
@@ -63,6 +68,23 @@ a fig in a bowl, dandelions, the sun, lamps, a football close up), shapes and
 characters (blox, board, chessboards, cards, digits, sudoku, text, licence plates,
 graffiti, logos), and paintings and illustrations.
 """
+
+ROUND_THING_ROOTS = (
+    Path("/usr/share/doc/opencv-doc/examples/data"),  # opencv-doc
+    Path("/usr/share/backgrounds"),  # lomiri-wallpapers-16.04 and -20.04
+    Path("/usr/share/wallpapers"),  # plasma-workspace-wallpapers
+)
+ROUND_THING_PHOTOS = frozenset(
+    {
+        # opencv-doc: an apple, an orange, cut fruit, a lid and a coin on a desk
+        "apple", "orange", "fruits", "stuff",
+        # Lomiri: the sun at sunset, dandelion clocks, a fig in a round bowl
+        "sunset_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt", "Picture_0B_by_freespace",
+        # plasma-workspace-wallpapers: rows of cups seen from above
+        "ColorfulCups",
+    }
+)  # fmt: skip
+"""Photos (by file stem or wallpaper name) of real round things, for the verifier only."""
 
 WITHHELD_WALLPAPERS = frozenset(
     {
@@ -150,25 +172,49 @@ def write_hard_negatives(out_dir: Path, roots: tuple[Path, ...] = HARD_NEGATIVE_
 
     Raises MissingAssetError naming the photos that are not installed.
     """
-    found = {
-        path.stem: path
-        for root in roots
-        if root.is_dir()
-        for path in sorted(root.iterdir())
-        if path.suffix.lower() in _SUFFIXES and path.stem in HARD_NEGATIVE_PHOTOS
-    }
-    missing = sorted(HARD_NEGATIVE_PHOTOS - found.keys())
+    return _write_named_photos(
+        out_dir, HARD_NEGATIVE_PHOTOS, roots, HARD_NEGATIVE_PACKAGES, "hard-negative"
+    )
+
+
+def write_round_things(out_dir: Path, roots: tuple[Path, ...] = ROUND_THING_ROOTS) -> int:
+    """Write `ROUND_THING_PHOTOS`, downscaled, into ``out_dir``; returns how many.
+
+    Raises MissingAssetError naming the photos that are not installed.
+    """
+    packages = (*HARD_NEGATIVE_PACKAGES, "plasma-workspace-wallpapers")
+    return _write_named_photos(out_dir, ROUND_THING_PHOTOS, roots, packages, "round-thing")
+
+
+def _write_named_photos(
+    out_dir: Path, names: frozenset[str], roots: tuple[Path, ...], packages: tuple[str, ...],
+    kind: str,
+) -> int:  # fmt: skip
+    found: dict[str, Path] = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.suffix.lower() not in _SUFFIXES:
+                continue
+            # OpenCV's chicky_512 is a stem; plasma's wallpapers are named by their folder.
+            name = path.stem if path.stem in names else _wallpaper_name(path)
+            if name in names and (
+                name not in found or path.stat().st_size > found[name].stat().st_size
+            ):
+                found[name] = path
+    missing = sorted(names - found.keys())
     if missing:
         raise MissingAssetError(
-            f"hard-negative photos not found under {', '.join(map(str, roots))}: "
+            f"{kind} photos not found under {', '.join(map(str, roots))}: "
             f"{', '.join(missing)}; install the Debian packages "
-            f"{', '.join(HARD_NEGATIVE_PACKAGES)} with `make training-assets`"
+            f"{', '.join(packages)} with `make training-assets`"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, path in sorted(found.items()):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise MissingAssetError(f"cannot read the hard-negative photo {path}")
+            raise MissingAssetError(f"cannot read the {kind} photo {path}")
         _write_background(image, out_dir / f"{name}.jpg")
     return len(found)
 

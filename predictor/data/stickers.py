@@ -8,6 +8,11 @@ the training wallpapers; the fine-tuning scenes use the results as backgrounds, 
 with nothing drawn on them. Clip-art is left out (the stamps' ``cartoon`` folders,
 toys), and so are the folders whose things are round, square, lettered or numbered:
 food, symbols, vehicles (wheels, signs), town, sports balls.
+
+The round ones come back elsewhere: `ROUND_STICKER_FOLDERS` (fruit, vegetables, cakes,
+a pizza, cups, a teapot, balls) pasted the same way make photos of real round things,
+which only the crop verifier sees, as what a drawn circle is not
+(`predictor.training.train_verifier`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from predictor.data.photos import PhotoLibrary
 STICKER_ROOT = Path("/usr/share/tuxpaint/stamps")
 STICKER_PACKAGE = "tuxpaint-stamps-default"
 STICKER_FOLDERS = ("animals", "plants/flowers", "plants/trees", "household/tools", "people")
+ROUND_STICKER_FOLDERS = ("food", "household/dishes", "sports")
 _LEFT_OUT_FOLDERS = frozenset({"cartoon", "toys", "body_parts", "dinosaur"})
 
 _PHOTO_SIZE = (800, 600)  # width, height of a composed photo
@@ -31,10 +37,12 @@ _STICKERS_PER_PHOTO = (2, 5)
 _STICKER_SCALE = (0.15, 0.6)  # longer side, as a share of the photo's shorter side
 
 
-def find_stickers(root: Path = STICKER_ROOT) -> list[Path]:
-    """The stamps of `STICKER_FOLDERS` under ``root``, sorted; clip-art folders left out."""
+def find_stickers(
+    root: Path = STICKER_ROOT, folders: tuple[str, ...] = STICKER_FOLDERS
+) -> list[Path]:
+    """The stamps of ``folders`` under ``root``, sorted; clip-art folders left out."""
     found = []
-    for folder in STICKER_FOLDERS:
+    for folder in folders:
         for path in sorted((root / folder).rglob("*.png")):
             if not _LEFT_OUT_FOLDERS & set(path.relative_to(root).parts):
                 found.append(path)
@@ -47,12 +55,15 @@ def compose_sticker_photos(
     count: int,
     seed: int,
     root: Path = STICKER_ROOT,
+    folders: tuple[str, ...] = STICKER_FOLDERS,
 ) -> int:
     """Write ``count`` JPEGs of background crops with 2-5 stickers each; returns ``count``.
 
-    Raises MissingAssetError when no sticker is installed under ``root``.
+    The stickers come from ``folders`` of ``root``. Raises MissingAssetError when
+    none is installed there.
     """
-    stickers = [s for s in (_load_sticker(p) for p in find_stickers(root)) if s is not None]
+    found = find_stickers(root, folders)
+    stickers = [s for s in (_load_sticker(p) for p in found) if s is not None]
     if not stickers:
         raise MissingAssetError(
             f"no stickers under {root}; install the Debian package {STICKER_PACKAGE} "

@@ -19,12 +19,14 @@ from predictor.data.glyphs import render_glyph
 from predictor.data.photos import (
     HARD_NEGATIVE_PHOTOS,
     NEGATIVE_SAMPLES,
+    ROUND_THING_PHOTOS,
     WITHHELD_WALLPAPERS,
     PhotoLibrary,
     find_wallpapers,
     prepare_photos,
     write_hard_negatives,
     write_negatives,
+    write_round_things,
 )
 from predictor.data.stickers import compose_sticker_photos, find_stickers
 from predictor.data.styles import CLUTTER_CHARACTERS, StyleSet, style_set
@@ -231,6 +233,32 @@ def test_hard_negatives_are_written_by_name_and_never_the_held_out_ones(tmp_path
     (opencv / f"{names[1]}.jpg").unlink()
     with pytest.raises(MissingAssetError, match=f"not found .*: {names[1]}; .*opencv-doc"):
         write_hard_negatives(tmp_path / "again", (opencv, backgrounds))
+
+
+def test_round_things_are_found_by_file_stem_or_wallpaper_folder(tmp_path: Path) -> None:
+    """Plasma names a wallpaper by its folder (NAME/contents/images/WxH.jpg), the largest file."""
+    opencv, plasma = tmp_path / "opencv", tmp_path / "wallpapers"
+    opencv.mkdir()
+    names = sorted(ROUND_THING_PHOTOS - {"ColorfulCups"})
+    for index, name in enumerate(names):
+        cv2.imwrite(str(opencv / f"{name}.jpg"), gradient_photo(index))
+    images = plasma / "ColorfulCups" / "contents" / "images"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / "64x48.jpg"), cv2.resize(gradient_photo(7), (64, 48)))
+    cv2.imwrite(str(images / "400x300.jpg"), gradient_photo(7))
+    assert write_round_things(tmp_path / "out", (opencv, plasma)) == len(ROUND_THING_PHOTOS)
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == sorted(ROUND_THING_PHOTOS)
+    cups = cv2.imread(str(tmp_path / "out" / "ColorfulCups.jpg"))
+    assert cups is not None and cups.shape[:2] == gradient_photo(7).shape[:2]
+    # Never the evaluation's photos, and never a scene's: only the verifier sees them.
+    assert not ROUND_THING_PHOTOS & (
+        set(NEGATIVE_SAMPLES) | WITHHELD_WALLPAPERS | HARD_NEGATIVE_PHOTOS
+    )
+    assert not {w.name for w in find_wallpapers()} & ROUND_THING_PHOTOS
+
+    (opencv / "apple.jpg").unlink()
+    with pytest.raises(MissingAssetError, match="round-thing photos not found .*: apple; "):
+        write_round_things(tmp_path / "again", (opencv, plasma))
 
 
 def test_a_photo_library_draws_from_every_folder_it_is_given(tmp_path: Path) -> None:

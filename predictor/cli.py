@@ -23,7 +23,7 @@ from predictor.data.cli import add_data_parser, int_at_least
 from predictor.errors import CheckpointError, ConfigError, PredictorError
 from predictor.runtime.memory import configure_temp_space, settle_heap, tune_allocator
 from predictor.runtime.threads import configure_openmp
-from predictor.training.config import TrainConfig
+from predictor.training.config import TrainConfig, VerifierConfig
 
 if TYPE_CHECKING:
     from predictor.runtime.model import Detector
@@ -183,6 +183,48 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "--resume", action="store_true", help="continue the run in OUT from its last epoch"
     )
     train.set_defaults(func=_cmd_train)
+
+    verifier_defaults = VerifierConfig()
+    verifier = commands.add_parser(
+        "train-verifier",
+        help="train a crop verifier on a trained detector's candidates and export the two "
+        "as one checkpoint (a second look that removes the detector's false detections)",
+    )
+    verifier.add_argument(
+        "--detector", required=True, type=Path, metavar="PREFIX",
+        help="the detector's checkpoint, as `predictor train --export` wrote it",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--data", required=True, type=Path, action="append", metavar="DIR",
+        help="labelled scenes (repeat for several sets)",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--photos", type=Path, action="append", default=[], metavar="DIR",
+        help="photos with nothing to find, seen as random views (repeat for several folders)",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--val", type=Path, metavar="DIR", help="labelled scenes for the verifier's accuracy"
+    )
+    verifier.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder")
+    verifier.add_argument(
+        "--export", required=True, type=Path, metavar="PREFIX", help="the verified checkpoint"
+    )
+    verifier.add_argument(
+        "--epochs", type=int_at_least(1), default=verifier_defaults.epochs,
+        help="default: %(default)s",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--scenes-per-set", type=int_at_least(1), default=verifier_defaults.scenes_per_set,
+        metavar="N", help="the first N scenes of each --data set (default: %(default)s)",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--views-per-folder", type=int_at_least(1), default=verifier_defaults.views_per_folder,
+        metavar="N", help="random views of each --photos folder (default: %(default)s)",
+    )  # fmt: skip
+    verifier.add_argument(
+        "--seed", type=int, default=verifier_defaults.seed, help="default: %(default)s"
+    )
+    verifier.set_defaults(func=_cmd_train_verifier)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -389,6 +431,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     final = args.export or args.out / "model"
     exported = Checkpoint(final)
     print(f"trained {state.epoch} epochs; exported {exported.symbol_path}, {exported.params_path}")
+    return 0
+
+
+def _cmd_train_verifier(args: argparse.Namespace) -> int:
+    from predictor.training.train_verifier import train_verifier
+
+    _configure_logging("WARNING")
+    for option, folders in (("--data", args.data), ("--photos", args.photos)):
+        for folder in folders:
+            if not folder.is_dir():
+                raise UserError(f"{option} {folder}: no such folder")
+    if args.val is not None and not args.val.is_dir():
+        raise UserError(f"--val {args.val}: no such folder")
+    config = VerifierConfig(
+        epochs=args.epochs,
+        seed=args.seed,
+        scenes_per_set=args.scenes_per_set,
+        views_per_folder=args.views_per_folder,
+    )
+    report = train_verifier(
+        args.detector,
+        args.data,
+        args.photos,
+        args.out,
+        config,
+        export_prefix=args.export,
+        val_dir=args.val,
+    )
+    line = (
+        f"verifier trained on {report.scene_crops} scene and {report.photo_crops} photo crops "
+        f"({report.background_share:.0%} background), training accuracy "
+        f"{report.train_accuracy:.3f}"
+    )
+    if report.val_objects_accuracy is not None:
+        line += (
+            f"; validation: objects {report.val_objects_accuracy:.3f}, "
+            f"background {report.val_background_accuracy:.3f}"
+        )
+    exported = Checkpoint(args.export)
+    print(f"{line}; exported {exported.symbol_path}, {exported.params_path}")
     return 0
 
 

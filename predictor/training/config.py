@@ -36,3 +36,18 @@ class TrainConfig:
     # its most confident wrong ones. Beyond that the loss takes 3 per positive anchor, so
     # this is what an image with no object (a photo of nothing) teaches.
     min_hard_negatives: int = 8
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Everything that decides a crop verifier's training (`predictor.training.train_verifier`)."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    scenes_per_set: int = 4000
+    """At most this many scenes of each labelled set (the first ones)."""
+    views_per_folder: int = 450
+    """About this many random views of each photo folder."""

@@ -257,7 +257,7 @@ def test_round_things_are_found_by_file_stem_or_wallpaper_folder(tmp_path: Path)
     assert not {w.name for w in find_wallpapers()} & ROUND_THING_PHOTOS
 
     (opencv / "apple.jpg").unlink()
-    with pytest.raises(MissingAssetError, match="round-thing photos not found .*: apple; "):
+    with pytest.raises(MissingAssetError, match=r"round-thing photos not found .*: apple; "):
         write_round_things(tmp_path / "again", (opencv, plasma))
 
 

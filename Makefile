@@ -12,7 +12,7 @@ OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
 
-.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model model-data model-resume model-evaluation fonts training-assets clean
+.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model model-data model-resume model-verifier model-evaluation fonts training-assets clean
 
 setup: $(STAMP)
 
@@ -130,11 +130,13 @@ soak: setup
 # Reproduce the shipped digits-and-shapes model (models/README.md): data (train
 # seed 1, validation seed 2, in-distribution test seed 3, withheld styles seed
 # 4, fine-tuning seed 5), training from random weights, a short fine-tuning on
-# scenes with more empty photos, export to models/, and three evaluations (in
-# distribution, withheld styles, negative photos). About 2 h 25 min on 2 CPU
-# cores. Intermediate files go to build/. Fonts and photos come from Debian
-# packages (training-assets); both run folders keep state.json after every
-# epoch, so an interrupted run goes on with `make model-resume`.
+# scenes with more empty photos, a crop verifier trained on the fine-tuned
+# detector's own candidates and joined to it, export to models/, and three
+# evaluations (in distribution, withheld styles, negative photos). About 2 h 45
+# min on 2 CPU cores. Intermediate files go to build/. Fonts and photos come
+# from Debian packages (training-assets); both training run folders keep
+# state.json after every epoch, so an interrupted run goes on with `make
+# model-resume` (the verifier, about 20 minutes, starts again unless it finished).
 DATASETS := build/datasets
 FONT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
 	fonts-noto-core fonts-croscore
@@ -146,7 +148,13 @@ TRAIN_ARGS := --network ssd_300_compact_custom --pretrain-epochs 3 --epochs 10 -
 	--lr 0.001 --seed 0
 FINETUNE_RUN := build/runs/finetune
 FINETUNE_ARGS := --network ssd_300_compact_custom --init $(TRAIN_RUN)/last.params --pretrain-epochs 0 \
-	--epochs 3 --batch-size 16 --lr 0.0005 --seed 0 --export $(SHIPPED_MODEL)
+	--epochs 3 --batch-size 16 --lr 0.0005 --seed 0
+VERIFIER_RUN := build/runs/verifier
+VERIFIER_ARGS := --detector $(FINETUNE_RUN)/model --data $(DATASETS)/train --data $(DATASETS)/finetune \
+	--val $(DATASETS)/val --photos $(PHOTOS)/train --photos $(PHOTOS)/hard-negatives \
+	--photos $(PHOTOS)/stickers --photos $(PHOTOS)/round-things --photos $(PHOTOS)/round-stickers \
+	--epochs 5 --seed 0 \
+	--out $(VERIFIER_RUN) --export $(SHIPPED_MODEL)
 
 # apt-get install the Debian packages in $(1) that are not installed yet.
 define apt_install_missing
@@ -179,17 +187,24 @@ model-data: setup training-assets
 		--negative-share 0.4
 
 model: model-data
-	rm -rf $(TRAIN_RUN) $(FINETUNE_RUN)
+	rm -rf $(TRAIN_RUN) $(FINETUNE_RUN) $(VERIFIER_RUN)
 	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out $(TRAIN_RUN) $(TRAIN_ARGS)
 	$(BIN)/predictor train --data $(DATASETS)/finetune --val $(DATASETS)/val --out $(FINETUNE_RUN) $(FINETUNE_ARGS)
+	$(BIN)/predictor train-verifier $(VERIFIER_ARGS)
 	$(MAKE) model-evaluation
 
-# Either stage goes on from its last finished epoch; a finished stage is not rerun.
+# Either training stage goes on from its last finished epoch; a finished stage is not rerun.
 model-resume: setup
 	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out $(TRAIN_RUN) $(TRAIN_ARGS) --resume
 	$(BIN)/predictor train --data $(DATASETS)/finetune --val $(DATASETS)/val --out $(FINETUNE_RUN) $(FINETUNE_ARGS) \
 		$$(test -f $(FINETUNE_RUN)/state.json && echo --resume)
+	test -f $(VERIFIER_RUN)/report.json || $(MAKE) model-verifier
 	$(MAKE) model-evaluation
+
+# The verifier stage alone, on the fine-tuned detector in $(FINETUNE_RUN)/model.
+model-verifier: setup
+	rm -rf $(VERIFIER_RUN)
+	$(BIN)/predictor train-verifier $(VERIFIER_ARGS)
 
 # In-distribution (test), withheld styles, and photos with nothing to find.
 model-evaluation: setup

@@ -23,6 +23,7 @@ from predictor.runtime.graph import (
     use_faster_operators,
 )
 from predictor.runtime.imaging import prepare
+from predictor.training.verifier import is_verified
 
 from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, load_weights, run_symbol, scene
 from .convert.photos import PHOTOS, load_photo, preprocess
@@ -50,9 +51,14 @@ def test_the_merged_head_needs_a_few_concatenations_not_one_per_class(
     merged = merge_detection_head(symbol)
     before, after = operator_counts(symbol), operator_counts(merged)
     # GluonCV: 12 per-class blocks + their concatenation + the class ids + the
-    # 3 (class, box, anchor) predictions; merged: the 3 predictions + 1.
-    assert before["Concat"] == 17
-    assert after["Concat"] == 4
+    # 3 (class, box, anchor) predictions; merged: the 3 predictions + 1. The crop
+    # verifier after the suppression adds 2 (its crop boxes, the re-scored scores),
+    # kept as they are.
+    assert is_verified(small_model_prefix)
+    assert before["Concat"] == 17 + 2
+    assert after["Concat"] == 4 + 2
+    assert after["_contrib_ROIAlign"] == before["_contrib_ROIAlign"] == 1
+    assert after["Convolution"] == before["Convolution"]
     assert after["_contrib_box_nms"] == 1
     assert merged.list_outputs() == symbol.list_outputs()
     assert merged.list_arguments() == symbol.list_arguments()
@@ -83,7 +89,7 @@ def test_with_the_input_shape_only_the_suppressions_candidates_are_built(
     selected = merge_detection_head(symbol, IMAGE_SHAPE)
     counts = operator_counts(selected)
     assert counts["topk"] == 1
-    assert counts["Concat"] == 4
+    assert counts["Concat"] == 4 + 2  # + the verifier's 2
     # GluonCV's thresholding over every anchor and class is gone: its table of
     # class indices (0 + arange), and the comparison is made on 400 rows only.
     assert operator_counts(symbol)["broadcast_add"] == 1
@@ -111,7 +117,7 @@ def test_a_suppression_that_keeps_every_candidate_gets_them_all(
     symbol = edited(small_model_prefix, keep_every_candidate)
     merged = merge_detection_head(symbol, IMAGE_SHAPE)
     assert operator_counts(merged)["topk"] == 0
-    assert operator_counts(merged)["Concat"] == 4
+    assert operator_counts(merged)["Concat"] == 4 + 2  # + the verifier's 2
     assert_same_outputs(symbol, merged, small_model_prefix)
 
 

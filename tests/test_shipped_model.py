@@ -39,10 +39,10 @@ MAP50_FLOOR = 0.93
 CLASS_AP50_FLOOR = 0.85
 WITHHELD_MAP50_FLOOR = 0.90
 WITHHELD_CLASS_AP50_FLOOR = 0.75
-# Issue 16 asks for none. The shipped model makes 4 in 12 photos (models/README.md: the
-# cup's rim is one; the models before it made 3 and 14): this guards against more, until
-# the target is reached.
-MAX_FALSE_DETECTIONS_IN_NEGATIVES = 4
+# Issue 16 asks for none. The shipped model makes 1 in 12 photos, the cup's rim in coffee
+# (models/README.md; the detector alone, without its crop verifier, made 4; the models
+# before it 3 and 14): this guards against more, until the target is reached.
+MAX_FALSE_DETECTIONS_IN_NEGATIVES = 1
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -149,7 +149,7 @@ def test_shipped_model_sees_nothing_in_photos_without_digits_or_shapes(
     tmp_path: Path, artifacts: Path
 ) -> None:
     """scikit-image's and matplotlib's photos (never trained on): no more false detections
-    above 0.5 than the shipped model's measured 4 (the target is none: not yet met)."""
+    above 0.5 than the shipped model's measured 1 (the target is none: not yet met)."""
     photos = write_negatives(tmp_path / "negatives")
     assert len(photos) >= 8
     report = evaluate_negatives(SHIPPED, tmp_path / "negatives", edge=SHIPPED_MODEL_EDGE)

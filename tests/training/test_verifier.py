@@ -78,7 +78,7 @@ def test_each_of_the_best_candidates_scores_the_geometric_mean_of_detector_and_v
     agreement = np.array(probabilities[1:])[np.clip(ids[:, best], 0, None).astype(int)]
     expected = np.where(ids[:, best] >= 0, np.sqrt(scores[:, best] * agreement), scores[:, best])
     np.testing.assert_allclose(v_scores[:, best], expected, rtol=1e-5)
-    assert np.array_equal(v_scores[:, rest], scores[:, rest])  # after the 16th: as they were
+    assert np.array_equal(v_scores[:, rest], scores[:, rest])  # after the best: as they were
 
 
 def test_the_served_network_classifies_the_crops_training_cuts(

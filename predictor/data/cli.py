@@ -128,9 +128,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 STICKER_PHOTOS = 300
+"""How many photos with stickers `predictor data photos` composes (seed 0)."""
 ROUND_STICKER_PHOTOS = 150
 """How many photos with round stickers (the crop verifier's) it composes (seed 1)."""
-"""How many photos with stickers `predictor data photos` composes (seed 0)."""
 
 
 def run_synth(args: argparse.Namespace) -> int:

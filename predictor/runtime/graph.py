@@ -710,6 +710,21 @@ def _spliced(
     return mx.sym.load_json(json.dumps(result))
 
 
+def after_suppression(symbol: mx.sym.Symbol) -> list[str]:
+    """Names of the suppression and of every operator computed from its output, in order.
+
+    GluonCV's slicing of the detections, and a crop verifier's crops,
+    convolutions and re-scoring (`predictor.training.verifier`); empty when the
+    graph has no single suppression.
+    """
+    nodes: list[Node] = json.loads(symbol.tojson())["nodes"]
+    suppressions = [index for index, node in enumerate(nodes) if node["op"] == _NMS_OP]
+    if len(suppressions) != 1:
+        return []
+    found = {suppressions[0]} | _depending_on(nodes, suppressions[0])
+    return [nodes[index]["name"] for index in sorted(found) if nodes[index]["op"] != "null"]
+
+
 def _depending_on(nodes: list[Node], start: int) -> set[int]:
     """Indices of the nodes that read ``start``'s output, directly or not."""
     found: set[int] = set()

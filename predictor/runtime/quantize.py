@@ -12,9 +12,10 @@ What stays float32: the SSD head's reshaping (``Flatten``, ``Concat``), the
 softmax, box decoding and NMS. Quantized flatten/concat of the class and
 box predictions turn every detection into padding on our networks, and they
 cost almost nothing in float32. So does everything computed from the
-suppression's output, a crop verifier included (`after_suppression`): MXNet
-would quantize its re-scoring arithmetic too, and its quantized last layer
-keeps int8 weights that Gluon then cannot load.
+suppression's output, a crop verifier included
+(`predictor.runtime.graph.after_suppression`): MXNet would quantize its
+re-scoring arithmetic too, and its quantized last layer keeps int8 weights
+that Gluon then cannot load.
 
 Calibration is "naive" by default (min/max of each layer's output over the
 calibration images); "entropy" (KL-optimal thresholds) is available.
@@ -22,7 +23,6 @@ calibration images); "entropy" (KL-optimal thresholds) is available.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -37,6 +37,7 @@ from mxnet.contrib import quantization
 
 from predictor.checkpoint import INT8_SUFFIX, Checkpoint, Preprocessing
 from predictor.errors import CheckpointError, ImageError, PredictorError
+from predictor.runtime.graph import after_suppression
 from predictor.runtime.imaging import find_images, prepare
 from predictor.runtime.model import checkpoint_dtype, checkpoint_preprocessing
 
@@ -195,23 +196,6 @@ def quantize_checkpoint(
     seconds = time.perf_counter() - started
     log.info("quantized %s on %d images in %.1f s -> %s", prefix, len(files), seconds, out_prefix)
     return QuantizeResult(out_prefix, written.symbol_path, written.params_path, len(files), seconds)
-
-
-def after_suppression(symbol: mx.sym.Symbol) -> list[str]:
-    """Names of the nodes computed from the non-maximum suppression's output.
-
-    They stay float32: GluonCV's slicing of the detections, and a crop
-    verifier's crops, convolutions and re-scoring (`predictor.training.verifier`),
-    whose arithmetic MXNet would otherwise quantize too.
-    """
-    nodes = json.loads(symbol.tojson())["nodes"]
-    found: set[int] = set()
-    for index, node in enumerate(nodes):
-        if node["op"] == "_contrib_box_nms" or any(
-            source in found for source, *_ in node["inputs"]
-        ):
-            found.add(index)
-    return [nodes[index]["name"] for index in sorted(found) if nodes[index]["op"] != "null"]
 
 
 def _copy_synset(source: Path, target: Path, *, dry_run: bool = False) -> None:

@@ -214,7 +214,8 @@ def test_the_cli_names_what_is_wrong_without_a_traceback(
 def test_a_verified_checkpoint_quantizes_with_its_verifier_in_float32(
     fruit_prefix: Path, tmp_path: Path
 ) -> None:
-    from predictor.runtime.quantize import after_suppression, quantize_checkpoint
+    from predictor.runtime.graph import after_suppression
+    from predictor.runtime.quantize import quantize_checkpoint
 
     verifier = build_verifier(len(FRUIT_CLASSES))
     verifier.initialize(mx.init.Xavier(magnitude=2))

@@ -141,7 +141,7 @@ DATASETS := build/datasets
 FONT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
 	fonts-noto-core fonts-croscore
 TRAINING_PACKAGES := $(FONT_PACKAGES) plasma-workspace-wallpapers mate-backgrounds gnome-backgrounds \
-	opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 tuxpaint-stamps-default
+	opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 tuxpaint-stamps-default gcompris-qt-data
 PHOTOS := build/photos
 TRAIN_RUN := build/runs/shipped
 TRAIN_ARGS := --network ssd_300_compact_custom --pretrain-epochs 3 --epochs 10 --batch-size 16 \
@@ -153,6 +153,7 @@ VERIFIER_RUN := build/runs/verifier
 VERIFIER_ARGS := --detector $(FINETUNE_RUN)/model --data $(DATASETS)/train --data $(DATASETS)/finetune \
 	--val $(DATASETS)/val --photos $(PHOTOS)/train --photos $(PHOTOS)/hard-negatives \
 	--photos $(PHOTOS)/stickers --photos $(PHOTOS)/round-things --photos $(PHOTOS)/round-stickers \
+	--photos $(PHOTOS)/real-things \
 	--epochs 5 --seed 0 \
 	--out $(VERIFIER_RUN) --export $(SHIPPED_MODEL)
 

@@ -17,10 +17,13 @@ from predictor.data.dataset import Dataset
 from predictor.data.errors import DatasetError, MissingAssetError
 from predictor.data.formats import FORMATS, check_format, load_dataset, save_dataset
 from predictor.data.photos import (
+    GCOMPRIS_PACKAGE,
+    GCOMPRIS_PARTS,
     HARD_NEGATIVE_PACKAGES,
     PHOTO_PACKAGES,
     PhotoLibrary,
     prepare_photos,
+    write_gcompris_photos,
     write_hard_negatives,
     write_negatives,
     write_round_things,
@@ -100,11 +103,12 @@ def add_data_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             + ", ".join(HARD_NEGATIVE_PACKAGES)
             + " (fine-tuning only) into OUT/hard-negatives; training wallpapers with "
             f"{STICKER_PACKAGE}'s cut-out animals, plants and tools pasted on them "
-            "(fine-tuning only) into OUT/stickers; photographs of real round things, and "
-            "training wallpapers with its fruit, dishes and balls pasted on them (the crop "
-            "verifier's background only), into OUT/round-things and OUT/round-stickers; and "
-            "scikit-image's and matplotlib's "
-            "sample photos (evaluation only) into OUT/negatives."
+            "(fine-tuning only) into OUT/stickers; photographs of real round things, "
+            "training wallpapers with its fruit, dishes and balls pasted on them, and "
+            f"{GCOMPRIS_PACKAGE}'s photographs of real things (the crop verifier's "
+            "background only), into OUT/round-things, OUT/round-stickers and "
+            "OUT/real-things; and scikit-image's and matplotlib's sample photos, and more "
+            "of GCompris's (evaluation only), into OUT/negatives and OUT/gcompris-negatives."
         ),
     )
     photos.add_argument("--out", type=Path, required=True, help="output directory")
@@ -170,6 +174,10 @@ def run_photos(args: argparse.Namespace) -> int:
         counts = prepare_photos(args.out)
         hard_negatives = write_hard_negatives(args.out / "hard-negatives")
         round_things = write_round_things(args.out / "round-things")
+        gcompris = {
+            part: write_gcompris_photos(args.out / part, folders)
+            for part, folders in GCOMPRIS_PARTS.items()
+        }
         backgrounds = PhotoLibrary.load(args.out / "train")
         stickers = compose_sticker_photos(
             args.out / "stickers", backgrounds, STICKER_PHOTOS, seed=0
@@ -179,14 +187,15 @@ def run_photos(args: argparse.Namespace) -> int:
             folders=ROUND_STICKER_FOLDERS,
         )  # fmt: skip
         negatives = write_negatives(args.out / "negatives")
-    except (MissingAssetError, OSError) as exc:
+    except (DatasetError, MissingAssetError, OSError) as exc:
         return _fail(str(exc))
     print(
         f"wrote {counts['train']} training and {counts['withheld']} withheld backgrounds, "
         f"{hard_negatives} fine-tuning negatives, {stickers} photos with stickers, "
-        f"{round_things} photos of round things and {round_stickers} with round stickers "
-        f"(the verifier's), and "
-        f"{len(negatives)} held-out negative photos, to {args.out}"
+        f"{round_things + gcompris['round-things']} photos of round things, "
+        f"{round_stickers} with round stickers and {gcompris['real-things']} of real things "
+        f"(the verifier's), and {len(negatives)} + {gcompris['gcompris-negatives']} held-out "
+        f"negative photos, to {args.out}"
     )
     return 0
 

@@ -17,6 +17,14 @@ fruit, cups seen from above, a lid, the sun, dandelions). No scene uses them, le
 unlabelled round thing teach the detector that circles are background; only the crop
 verifier (`predictor.training.train_verifier`) sees them, as what a drawn circle is not.
 
+GCompris's photographs (Debian's ``gcompris-qt-data``, inside Qt resource archives) add
+two more, chosen by folder in `GCOMPRIS_PARTS`: its dishes and balls join
+``round-things/``, and its tools, fish, animals and dams make ``real-things/``, both for
+the verifier only. Its monuments, animals and musicians make ``gcompris-negatives/``, a
+second evaluation-only set of photos with nothing to find. Pictures showing digits, letters
+or drawn-looking shapes (measuring tapes, multimeters, letter blocks, solar panels' grids)
+are in none of them.
+
 scikit-image's and matplotlib's sample photos never enter training: they are the
 evaluation's pure negatives (`write_negatives`), photos with no digit and no shape.
 """
@@ -33,7 +41,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from predictor.data.errors import MissingAssetError
+from predictor.data.errors import DatasetError, MissingAssetError
+from predictor.data.qt_resources import read_qt_resources
 
 Image = NDArray[np.uint8]
 
@@ -85,6 +94,78 @@ ROUND_THING_PHOTOS = frozenset(
     }
 )  # fmt: skip
 """Photos (by file stem or wallpaper name) of real round things, for the verifier only."""
+
+GCOMPRIS_RESOURCES = Path("/usr/share/gcompris-qt/rcc")  # gcompris-qt-data: NAME.rcc
+GCOMPRIS_PACKAGE = "gcompris-qt-data"
+
+
+@dataclass(frozen=True)
+class ResourceFolder:
+    """Photos in one folder of a GCompris activity's resource archive.
+
+    ``archive`` names both the file (``GCOMPRIS_RESOURCES/<archive>.rcc``) and the
+    activity; ``folder`` is below its ``resource/`` folder, subfolders included ("" is
+    all of it). ``only`` keeps just those file stems; ``without`` drops those.
+    """
+
+    archive: str
+    folder: str = ""
+    only: frozenset[str] = frozenset()
+    without: frozenset[str] = frozenset()
+
+    def holds(self, inside: str) -> bool:
+        """Whether the archive path ``inside`` is a photo this folder selects."""
+        prefix = f"/gcompris/src/activities/{self.archive}/resource/"
+        if self.folder:
+            prefix += self.folder.rstrip("/") + "/"
+        path = Path(inside)
+        return (
+            inside.startswith(prefix)
+            and path.suffix.lower() in _SUFFIXES
+            and (not self.only or path.stem in self.only)
+            and path.stem not in self.without
+        )
+
+
+_GCOMPRIS_ROUND_THINGS = frozenset(
+    {"plate", "cup", "buffetset", "pan", "bucket", "baseball", "volleyball"}
+)
+GCOMPRIS_PARTS: dict[str, tuple[ResourceFolder, ...]] = {
+    # Dishes and balls: what a drawn circle is not. The verifier's only.
+    "round-things": (
+        ResourceFolder("categorization", "images/others", only=_GCOMPRIS_ROUND_THINGS),
+    ),
+    # Household things, tools, fish, animals, windmills and dams. The verifier's only.
+    "real-things": (
+        ResourceFolder(
+            "categorization", "images/others",
+            # a blackboard's frame is an outlined rectangle; a scale shows digits
+            without=_GCOMPRIS_ROUND_THINGS | {"blackslate", "weighingMachine"},
+        ),
+        ResourceFolder(
+            "categorization", "images/tools",
+            without=frozenset(
+                [f"measuringTape{i}" for i in range(1, 7)] + [f"multimeter{i}" for i in range(1, 4)]
+            ),  # printed scales and digital displays: digits
+        ),
+        ResourceFolder(
+            "categorization", "images/renewable",
+            without=frozenset(f"solar{i}" for i in range(1, 9)),  # panels: grids of squares
+        ),
+        ResourceFolder("categorization", "images/fishes"),
+        ResourceFolder("erase"),
+    ),
+    # Monuments, animals and musicians: evaluation only. The categorization activity's
+    # monuments are here too, because three of them are the explore activity's photos.
+    "gcompris-negatives": (
+        ResourceFolder("categorization", "images/monuments"),
+        ResourceFolder("explore_monuments"),
+        ResourceFolder("explore_world_animals"),
+        ResourceFolder("explore_farm_animals"),
+        ResourceFolder("explore_world_music"),
+    ),
+}  # fmt: skip
+"""GCompris's photographs, by the folder ``predictor data photos`` writes them to."""
 
 WITHHELD_WALLPAPERS = frozenset(
     {
@@ -217,6 +298,41 @@ def _write_named_photos(
             raise MissingAssetError(f"cannot read the {kind} photo {path}")
         _write_background(image, out_dir / f"{name}.jpg")
     return len(found)
+
+
+def write_gcompris_photos(
+    out_dir: Path, folders: tuple[ResourceFolder, ...], root: Path = GCOMPRIS_RESOURCES
+) -> int:
+    """Write the photos ``folders`` select from GCompris's archives into ``out_dir``.
+
+    Files are named ``<archive>-<stem>.jpg`` and downscaled like the wallpapers; returns
+    how many. Raises MissingAssetError when an archive is not installed or a folder
+    selects nothing, and DatasetError for an archive or photo that cannot be read.
+    """
+    written: set[str] = set()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for archive in sorted({folder.archive for folder in folders}):
+        path = root / f"{archive}.rcc"
+        if not path.is_file():
+            raise MissingAssetError(
+                f"GCompris photos not found: no {path}; install the Debian package "
+                f"{GCOMPRIS_PACKAGE} with `make training-assets`"
+            )
+        files = read_qt_resources(path)
+        for folder in (f for f in folders if f.archive == archive):
+            chosen = sorted(inside for inside in files if folder.holds(inside))
+            if not chosen:
+                raise MissingAssetError(f"{path}: no photos in {folder}")
+            for inside in chosen:
+                name = f"{archive}-{Path(inside).stem}"
+                if name in written:
+                    raise DatasetError(path, f"two photos would both be {name}.jpg", where=inside)
+                image = cv2.imdecode(np.frombuffer(files[inside], np.uint8), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise DatasetError(path, "cannot decode the photo", where=inside)
+                _write_background(image, out_dir / f"{name}.jpg")
+                written.add(name)
+    return len(written)
 
 
 def write_negatives(out_dir: Path) -> list[Path]:

@@ -131,8 +131,8 @@ soak: setup
 # seed 1, validation seed 2, in-distribution test seed 3, withheld styles seed
 # 4, fine-tuning seed 5), training from random weights, a short fine-tuning on
 # scenes with more empty photos, a crop verifier trained on the fine-tuned
-# detector's own candidates and joined to it, export to models/, and three
-# evaluations (in distribution, withheld styles, negative photos). About 2 h 45
+# detector's own candidates and joined to it, export to models/, and four
+# evaluations (in distribution, withheld styles, two sets of negative photos). About 2 h 45
 # min on 2 CPU cores. Intermediate files go to build/. Fonts and photos come
 # from Debian packages (training-assets); both training run folders keep
 # state.json after every epoch, so an interrupted run goes on with `make
@@ -215,6 +215,8 @@ model-evaluation: setup
 		--json models/ssd300_digits_shapes-evaluation-withheld.json
 	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --negatives $(PHOTOS)/negatives --edge 300 \
 		--json models/ssd300_digits_shapes-evaluation-negatives.json
+	$(BIN)/predictor evaluate --model $(SHIPPED_MODEL) --negatives $(PHOTOS)/gcompris-negatives --edge 300 \
+		--json models/ssd300_digits_shapes-evaluation-gcompris-negatives.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -12,7 +12,7 @@ OTHER_MXNET := $(if $(filter gpu,$(MXNET_BUILD)),mxnet,mxnet-cu112)
 # The model `make serve` starts on (the server's own default when MODEL_PREFIX is unset).
 SHIPPED_MODEL := models/ssd300_digits_shapes
 
-.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model model-data model-resume model-verifier model-evaluation fonts training-assets clean
+.PHONY: setup serve test lint typecheck unit browser image-check bench bench-compare bench-int8 bench-profile soak model model-data model-resume model-verifier model-evaluation fonts test-assets training-assets clean
 
 setup: $(STAMP)
 
@@ -62,7 +62,7 @@ browser:
 		fi; \
 	fi
 
-unit: setup browser fonts
+unit: setup browser test-assets
 	$(BIN)/pytest
 
 # ---- Docker images (issue 14) -------------------------------------------
@@ -169,6 +169,11 @@ endef
 # The scene generator's typefaces (predictor/data/fonts.py); the tests draw with them.
 fonts:
 	$(call apt_install_missing,$(FONT_PACKAGES))
+
+# The fonts, and GCompris's Qt resource archives, which the tests read photos from
+# (tests/data/test_qt_resources.py, tests/test_shipped_model.py).
+test-assets: fonts
+	$(call apt_install_missing,gcompris-qt-data)
 
 # Fonts, the wallpapers that are the scenes' photo backgrounds, and the fine-tuning's
 # photos with nothing to find (predictor/data/photos.py) and cut-outs to paste on

@@ -11,15 +11,17 @@
 #              libgfortran bundled in MXNet's wheel loads) and CA certificates
 #     builder  the same, plus make, and what `make test` runs: Debian's
 #              Chromium for the browser tests, libatomic1 (Playwright's bundled
-#              node), Node.js and npm (JavaScript reference tests), and the
-#              scene generator's font families (Makefile FONT_PACKAGES)
+#              node), Node.js and npm (JavaScript reference tests), the
+#              scene generator's font families (Makefile FONT_PACKAGES), and
+#              GCompris's data, whose Qt resource archives the tests read
+#              photos from (Makefile test-assets)
 # Fails when no python3.11 with venv and its standard modules is on PATH after it.
 set -eu
 
 fonts="fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-noto-core fonts-croscore"
 case "${1:-}" in
     runtime) packages="libgomp1 libquadmath0 ca-certificates" ;;
-    builder) packages="libgomp1 libquadmath0 ca-certificates make libatomic1 chromium nodejs npm libb64-0d $fonts" ;;
+    builder) packages="libgomp1 libquadmath0 ca-certificates make libatomic1 chromium nodejs npm libb64-0d $fonts gcompris-qt-data" ;;
     *) echo "usage: $0 runtime|builder" >&2; exit 2 ;;
 esac
 if [ -f /opt/python/share/runtime-packages.txt ]; then

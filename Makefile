@@ -140,8 +140,10 @@ soak: setup
 DATASETS := build/datasets
 FONT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
 	fonts-noto-core fonts-croscore
+# GCompris's photographs, which both the tests and the verifier's training read.
+GCOMPRIS_PACKAGE := gcompris-qt-data
 TRAINING_PACKAGES := $(FONT_PACKAGES) plasma-workspace-wallpapers mate-backgrounds gnome-backgrounds \
-	opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 tuxpaint-stamps-default gcompris-qt-data
+	opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 tuxpaint-stamps-default $(GCOMPRIS_PACKAGE)
 PHOTOS := build/photos
 TRAIN_RUN := build/runs/shipped
 TRAIN_ARGS := --network ssd_300_compact_custom --pretrain-epochs 3 --epochs 10 --batch-size 16 \
@@ -173,7 +175,7 @@ fonts:
 # The fonts, and GCompris's Qt resource archives, which the tests read photos from
 # (tests/data/test_qt_resources.py, tests/test_shipped_model.py).
 test-assets: fonts
-	$(call apt_install_missing,gcompris-qt-data)
+	$(call apt_install_missing,$(GCOMPRIS_PACKAGE))
 
 # Fonts, the wallpapers that are the scenes' photo backgrounds, and the fine-tuning's
 # photos with nothing to find (predictor/data/photos.py) and cut-outs to paste on
@@ -193,10 +195,10 @@ model-data: setup training-assets
 		--negative-share 0.4
 
 model: model-data
-	rm -rf $(TRAIN_RUN) $(FINETUNE_RUN) $(VERIFIER_RUN)
+	rm -rf $(TRAIN_RUN) $(FINETUNE_RUN)
 	$(BIN)/predictor train --data $(DATASETS)/train --val $(DATASETS)/val --out $(TRAIN_RUN) $(TRAIN_ARGS)
 	$(BIN)/predictor train --data $(DATASETS)/finetune --val $(DATASETS)/val --out $(FINETUNE_RUN) $(FINETUNE_ARGS)
-	$(BIN)/predictor train-verifier $(VERIFIER_ARGS)
+	$(MAKE) model-verifier
 	$(MAKE) model-evaluation
 
 # Either training stage goes on from its last finished epoch; a finished stage is not rerun.

@@ -263,6 +263,19 @@ def test_a_jpeg_with_too_many_scans_is_refused_from_its_markers() -> None:
     assert time.monotonic() - started < 5, "refused from the markers, not by decoding"
 
 
+def test_a_sequential_jpeg_is_not_scanned_for_markers_and_its_extra_scans_cost_nothing() -> None:
+    """Only progressive files are counted: a sequential scan's cost is bounded by its bytes."""
+    data = encode_jpeg(scene(7, 640, 480))
+    assert not jpeg_header(data).progressive
+    assert jpeg_header(encode_jpeg(scene(7, 64, 48), progressive=True)).progressive
+    last = data.rindex(b"\xff\xda")
+    bloated = data[:last] + data[last:-2] * (MAX_SCANS + 2) + b"\xff\xd9"
+    started = time.monotonic()
+    prepared = prepare(bloated, 300, LIMIT)
+    assert time.monotonic() - started < 5, "the decoder stops after the frame's one scan"
+    assert prepared.tensor.shape == (3, 300, 300)
+
+
 @pytest.mark.parametrize("extension", [".png", ".bmp", ".webp", ".tiff"])
 def test_other_image_formats_are_not_jpegs(extension: str) -> None:
     ok, encoded = cv2.imencode(extension, scene(8, 64, 48))

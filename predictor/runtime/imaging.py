@@ -28,8 +28,9 @@ What is decoded, and how:
   transform 1 means YCbCr, Adobe transform 0 or component ids R, G, B mean RGB,
   and otherwise lossy means YCbCr and lossless RGB.
 - Refused from the header, before any pixel is decoded: anything that is not
-  a JPEG stream, an image over ``max_pixels``, and more than `MAX_SCANS` scans
-  (a progressive file can make the decoder walk the whole image once per scan).
+  a JPEG stream, an image over ``max_pixels``, and a progressive file of more
+  than `MAX_SCANS` scans (each scan can make the decoder walk the whole image
+  for a few bytes of data).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
 # Start-of-frame markers of the lossless processes.
 _LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+# Start-of-frame markers of the progressive processes (Huffman and arithmetic coded).
+_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # libjpeg-turbo's own limit for its "limit scans" safety option; encoders write
 # about 10 scans for a progressive photo.
 MAX_SCANS = 500
@@ -115,6 +118,7 @@ class JpegHeader:
     precision: int  # bits per sample: 8, or 2-16 for lossless, 12 for extended
     components: int
     lossless: bool
+    progressive: bool = False
     jfif: bool = False
     adobe_transform: int | None = None
     component_ids: tuple[int, ...] = ()
@@ -191,6 +195,7 @@ def jpeg_header(data: bytes) -> JpegHeader:
                 precision=precision,
                 components=components,
                 lossless=marker in _LOSSLESS_SOF,
+                progressive=marker in _PROGRESSIVE_SOF,
                 jfif=jfif,
                 adobe_transform=adobe_transform,
                 component_ids=tuple(segment[6 : 6 + 3 * components : 3]),
@@ -283,6 +288,13 @@ def _checked_header(data: bytes, max_pixels: int) -> JpegHeader:
     """The header of a JPEG this service will decode; `ImageError` otherwise."""
     header = jpeg_header(data)
     _check_pixels(header.width, header.height, max_pixels)
+    if not header.progressive:
+        # A sequential scan carries every block of its components, at least two bits
+        # each, so MAX_BODY_BYTES bounds what repeated scans cost. Only a progressive
+        # scan can cover the image in a few bytes (an end-of-band run); libjpeg-turbo's
+        # own scan limit is for progressive images too. Counting markers holds the GIL
+        # (about 1 ms for a camera photo), which the other threads then wait for.
+        return header
     scans = data.count(b"\xff\xda")
     if scans > MAX_SCANS:
         raise ImageError(f"the JPEG has {scans} scans; at most {MAX_SCANS} are accepted")

@@ -342,6 +342,24 @@ async def test_chunked_upload_over_the_limit_is_413(
         assert response.status == 200
 
 
+async def test_a_body_arriving_in_many_pieces_is_read_whole(client: Client) -> None:
+    """The body is joined from every piece the socket delivers, in order, to the last byte."""
+    body = encode_jpeg(scene(21, 640, 480), quality=98)
+    assert len(body) > 16 * 1024
+    async with client.post("/predict", data=body, headers=JPEG) as response:
+        assert response.status == 200
+        whole = await response.json()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+            await asyncio.sleep(0.005)  # each piece reaches the server as its own read
+
+    async with client.post("/predict", data=pieces(), headers=JPEG) as response:
+        assert response.status == 200
+        assert await response.json() == whole
+
+
 async def test_batches_spread_over_replicas_on_cpu_contexts_standing_in_for_gpus(
     aiohttp_client: ClientFactory, small_settings: Settings
 ) -> None:

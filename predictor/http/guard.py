@@ -57,11 +57,32 @@ class RequestGuard:
         """
         try:
             async with asyncio.timeout(self.body_timeout_s):
-                return await request.read()
+                return await self._read_whole(request)
         except TimeoutError:
             raise RequestTimeout(
                 f"the body did not arrive within {self.body_timeout_s:g} s (BODY_TIMEOUT_S)"
             ) from None
+
+    async def _read_whole(self, request: web.Request) -> bytes:
+        """The body as one ``bytes``, copied once; `HTTPRequestEntityTooLarge` over the limit.
+
+        aiohttp's ``request.read()`` copies a body twice more: its chunks into a
+        growing bytearray (reallocated as it grows), then that into bytes. On the
+        event loop, copying was a quarter of the loop's own CPU time per request
+        (``perf``, 16 clients sending the benchmark's photos).
+        """
+        stream = request.content
+        # Let the whole body gather in the stream's buffer (as ``request.read()`` does),
+        # rather than pausing the socket at every 128 KiB the handler has not taken yet.
+        stream.set_read_chunk_size(self.max_body_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await stream.readany():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=size)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def authorized(self, request: web.Request) -> bool:
         """True when no API key is set, or the request carries it as a Bearer token.

@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from predictor.data import CLASSES, SceneConfig, load_dataset, render_scene
 from predictor.data.boxes import Box, tight_box
@@ -31,19 +30,11 @@ from predictor.data.photos import (
 from predictor.data.stickers import compose_sticker_photos, find_stickers
 from predictor.data.styles import CLUTTER_CHARACTERS, StyleSet, style_set
 from predictor.data.synth import MIN_CONTRAST, Scene, _luma
+from tests.support.photos import gradient_photo
 
 from .helpers import run_cli
 
 CONFIG = SceneConfig(min_side=160, max_side=320)
-
-
-def gradient_photo(seed: int) -> NDArray[np.uint8]:
-    """A stand-in photo: smooth colour ramps with noise (real photos are for evaluation)."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 255, 400, dtype=np.float32)
-    image = np.stack([np.tile(ramp, (300, 1))] * 3, axis=2) * rng.uniform(0.3, 1.0, 3)
-    noisy = np.clip(image + rng.normal(0, 8, image.shape), 0, 255)
-    return np.asarray(noisy, dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

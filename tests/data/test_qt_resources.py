@@ -17,8 +17,7 @@ from predictor.data.photos import (
     write_gcompris_photos,
 )
 from predictor.data.qt_resources import read_qt_resources
-
-from .test_data_styles import gradient_photo
+from tests.support.photos import gradient_photo
 
 Tree = dict[str, "Tree | tuple[bytes, bool]"]  # a folder, or a file's bytes and compression
 

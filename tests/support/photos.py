@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from predictor.data.synth import SceneConfig, render_scene
 
@@ -30,3 +31,12 @@ def make_photos(folder: Path, count: int, seed: int = 2024) -> list[Path]:
             cv2.imwrite(str(path), pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(path)
     return paths
+
+
+def gradient_photo(seed: int) -> NDArray[np.uint8]:
+    """A stand-in photo: smooth colour ramps with noise (real photos are for evaluation)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, 400, dtype=np.float32)
+    image = np.stack([np.tile(ramp, (300, 1))] * 3, axis=2) * rng.uniform(0.3, 1.0, 3)
+    noisy = np.clip(image + rng.normal(0, 8, image.shape), 0, 255)
+    return np.asarray(noisy, dtype=np.uint8)

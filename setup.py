@@ -25,7 +25,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "cpu": ["mxnet==1.9.1"],
+        # OpenVINO runs the convolutional trunk on the CPU when MODEL_ENGINE=openvino.
+        "cpu": ["mxnet==1.9.1", "openvino"],
         "gpu": ["mxnet-cu112==1.9.1"],
         # Exporting model-zoo networks and training need GluonCV.
         # Pillow draws the typeset digits of the synthetic scenes (predictor.data.fonts).

@@ -68,8 +68,13 @@ def measure_offline(
     batches: tuple[int, ...] = (1, 2, 4, 8),
     dtype: str | None = None,
     confirm_repeats: int = 0,
+    engine: str = "mxnet",
+    engine_threads: int | None = None,
 ) -> dict[str, Any]:
     """Images per second without HTTP, per batch size, and single-image latency.
+
+    ``engine`` and ``engine_threads`` are the server's MODEL_ENGINE and
+    MODEL_CPU_THREADS (see `predictor.runtime.model.Detector`).
 
     The limit is the best (mode, batch) of the scan (see `offline_rate`);
     with ``confirm_repeats`` that one is then measured again over that many
@@ -78,8 +83,11 @@ def measure_offline(
     """
     results: dict[str, Any] = {"serial": {}, "overlapped": {}}
     payloads = [path.read_bytes() for path in files]
+    threads = engine_threads
     for batch in batches:
-        detector = load_detectors(prefix, 0, edge, DeviceSpec(), batch, dtype)[0]
+        detector = load_detectors(
+            prefix, 0, edge, DeviceSpec(), batch, dtype, engine=engine, engine_threads=threads
+        )[0]
         results["serial"][batch] = offline_rate(detector, files, "serial", repeats, workers)
         results["overlapped"][batch] = offline_rate(detector, files, "overlapped", repeats, workers)
         if batch == 1:
@@ -99,7 +107,9 @@ def measure_offline(
     results["best_batch"] = best_batch
     results["limit_mode"] = f"{best_mode}, batch {best_batch}"
     if confirm_repeats:
-        best = confirm_limit(prefix, edge, files, workers, results, confirm_repeats, dtype)
+        best = confirm_limit(
+            prefix, edge, files, workers, results, confirm_repeats, dtype, engine, engine_threads
+        )
     results["limit_rps"] = best
     return results
 
@@ -146,9 +156,14 @@ def confirm_limit(
     offline: dict[str, Any],
     passes: int,
     dtype: str | None = None,
+    engine: str = "mxnet",
+    engine_threads: int | None = None,
 ) -> float:
     """The scan's best configuration (``offline``'s mode and batch) measured again, alone."""
-    detector = load_detectors(prefix, 0, edge, DeviceSpec(), offline["best_batch"], dtype)[0]
+    batch = offline["best_batch"]
+    detector = load_detectors(
+        prefix, 0, edge, DeviceSpec(), batch, dtype, engine=engine, engine_threads=engine_threads
+    )[0]
     try:
         return offline_rate(detector, files, offline["best_mode"], passes, workers)
     finally:

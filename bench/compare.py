@@ -166,6 +166,8 @@ class ModelCase:
     cpu_threads: int | None = None
     # MODEL_CPU_REPLICAS for predictor (its servers only: the offline limit is one replica's).
     cpu_replicas: int = 1
+    # MODEL_ENGINE for predictor and its offline limit.
+    engine: str = "mxnet"
 
 
 SMALL = ModelCase(
@@ -201,8 +203,14 @@ RESNET = ModelCase(
     offline_repeats=1,
     offline_confirm=2,
     rounds=2,
-    # Its forward pass is 97 % of the work: predictor's documented setting is every core.
-    cpu_threads=os.cpu_count() or 1,
+    # Its forward pass is 97 % of the work. On MXNet alone one replica on every core served it
+    # best (two replicas of one thread: 1.6-1.8 req/s against 2.6); with OpenVINO running the
+    # convolutional trunk, one replica per core on one thread each does. Measured 2026-11-30 on
+    # 2 cores at 16 clients, batch 2, two rounds in rotated order (req/s): openvino, 2 replicas
+    # x 1 thread 4.52 and 4.24; openvino, 1 x 2 3.75 and 4.10; mxnet, 1 x 2 4.03 and 3.39.
+    cpu_threads=1,
+    cpu_replicas=os.cpu_count() or 1,
+    engine="openvino",
 )
 
 
@@ -311,6 +319,8 @@ def contender(
             env["MODEL_CPU_THREADS"] = str(case.cpu_threads)
         if case.cpu_replicas > 1:
             env["MODEL_CPU_REPLICAS"] = str(case.cpu_replicas)
+        if case.engine != "mxnet":
+            env["MODEL_ENGINE"] = case.engine
         with ServerProcess(env) as server:
             yield Endpoint(server.url + "/predict", v2_port=server.port)
     elif name == "naive":
@@ -478,8 +488,8 @@ def measure_case(
             "confirm_repeats": case.offline_confirm,
         }
         if case.cpu_threads is None:
-            return measure_offline(**settings)
-        return measure_offline_with_threads(case.cpu_threads, **settings)
+            return measure_offline(**settings, engine=case.engine)
+        return measure_offline_with_threads(case.cpu_threads, **settings, engine=case.engine)
 
     offline = limit(case.offline_batches)
     print(
@@ -496,6 +506,7 @@ def measure_case(
         "rounds": case.rounds,
         "cpu_threads": case.cpu_threads,
         "cpu_replicas": case.cpu_replicas,
+        "engine": case.engine,
     }
     bodies = [path.read_bytes() for path in files]
     runs: dict[Contender, list[list[LoadResult]]] = {who: [] for who in contenders}
@@ -895,6 +906,12 @@ def render_section(
                 "one replica's, so the efficiency can exceed 1."
                 if detail.get("cpu_replicas", 1) > 1
                 else ""
+            )
+            + (
+                f" predictor and its offline limit run `MODEL_ENGINE={detail['engine']}` "
+                "(OpenVINO runs the convolutional trunk, MXNet the rest; float32 both)."
+                if detail.get("engine", "mxnet") != "mxnet"
+                else ""
             ),
             "",
         ]
@@ -1264,6 +1281,7 @@ def shrink(case: ModelCase) -> ModelCase:
         offline_confirm=1,
         cpu_threads=case.cpu_threads,
         cpu_replicas=case.cpu_replicas,
+        engine=case.engine,
     )
 
 

@@ -29,9 +29,12 @@ def measure_offline_with_threads(
     batches: tuple[int, ...],
     dtype: str | None,
     confirm_repeats: int,
+    engine: str = "mxnet",
 ) -> dict[str, Any]:
-    """`measure_offline` in a child process whose forward passes use ``threads`` threads."""
+    """`measure_offline` in a child process whose forward passes use ``threads`` threads
+    (on ``engine``, the server's MODEL_ENGINE)."""
     request = {
+        "engine": engine,
         "threads": threads,
         "prefix": str(prefix),
         "edge": edge,
@@ -72,6 +75,8 @@ def main() -> None:
         tuple(int(batch) for batch in request["batches"]),
         request["dtype"],
         int(request["confirm_repeats"]),
+        engine=request["engine"],
+        engine_threads=int(request["threads"]),
     )
     print(json.dumps(result))
 

@@ -18,7 +18,9 @@ Run on the host with the project's virtualenv (standard library only):
    Docker's default 10 s). Every request must get a 200, several of them
    after the server logged the signal (so they were in flight when it came),
    and the server must exit 0 by itself.
-The container is removed in every case.
+4. A second container with MODEL_ENGINE=openvino: OpenVINO's libraries load in
+   the image, and the example JPEG gives the host's answer to float32 rounding.
+The containers are removed in every case.
 """
 
 from __future__ import annotations
@@ -135,10 +137,12 @@ def host_answer(venv: Path, jpeg: bytes, logs: Path) -> dict[str, Any]:
 
 
 class Container:
-    def __init__(self, docker: str, image: str) -> None:
+    def __init__(self, docker: str, image: str, env: dict[str, str] | None = None) -> None:
         self.docker = docker
         self.image = image
-        self.name = f"predictor-smoke-{os.getpid()}"
+        self.env = env or {}
+        suffix = "-".join(value.lower() for value in self.env.values())
+        self.name = f"predictor-smoke-{os.getpid()}" + (f"-{suffix}" if suffix else "")
         self.port = 0
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -165,6 +169,7 @@ class Container:
             "/tmp:rw,nosuid,nodev,size=64m",
             "--publish",
             "127.0.0.1::8080",
+            *(f"--env={name}={value}" for name, value in self.env.items()),
             self.image,
         )
         published = self.run("port", self.name, "8080/tcp").stdout.split()[0]
@@ -192,6 +197,32 @@ def check_contract(box: Container, jpeg: bytes, expected: dict[str, Any]) -> Non
     if status != 200 or b"predictor_requests_total" not in body:
         fail(f"GET /metrics: {status}")
     log("non-JPEG: 400 Invalid content; GET /: 200 text/html; GET /metrics: 200")
+
+
+def check_openvino_engine(args: argparse.Namespace, jpeg: bytes, expected: dict[str, Any]) -> None:
+    """MODEL_ENGINE=openvino in the image: OpenVINO's libraries load there, and the answer
+    is the host's (MXNet's) to float32 rounding."""
+    box = Container(args.docker, args.image, {"MODEL_ENGINE": "openvino"})
+    try:
+        box.start()
+        wait_ready(box.port, args.startup_s, box.running, "the MODEL_ENGINE=openvino container")
+        answer = predict(box.port, jpeg)["prediction"]
+        want = expected["prediction"]
+        same = [a["objectClass"] for a in answer] == [w["objectClass"] for w in want] and all(
+            abs(a["probability"] - w["probability"]) < 1e-3
+            and all(abs(a[key] - w[key]) <= 1 for key in ("x", "y", "width", "height"))
+            for a, w in zip(answer, want, strict=True)
+        )
+        if not same:
+            fail(f"MODEL_ENGINE=openvino answers otherwise:\n  {answer}\n  {want}")
+        log(f"MODEL_ENGINE=openvino: the host's answer to rounding ({len(answer)} detections)")
+    except BaseException:
+        logs = box.run("logs", "--tail", "40", box.name, check=False)
+        print("--- MODEL_ENGINE=openvino container log (last 40 lines) ---", file=sys.stderr)
+        print(logs.stdout + logs.stderr, file=sys.stderr)
+        raise
+    finally:
+        box.remove()
 
 
 def check_health(box: Container, timeout_s: float) -> float:
@@ -351,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"HEALTHCHECK: healthy {healthy_s:.0f} s after /ready")
         check_stop_under_load(box, LOAD_EXAMPLE.read_bytes(), args.clients, args.cpus)
         print(f"SMOKE-READY-S {ready_s:.1f}")
+        check_openvino_engine(args, jpeg, expected)
     except BaseException:
         logs = box.run("logs", "--tail", "40", box.name, check=False)
         print("--- container log (last 40 lines) ---", file=sys.stderr)

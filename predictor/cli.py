@@ -293,6 +293,8 @@ def _load(settings: Settings, *, default_only: bool = False) -> dict[str, list[D
                 settings.batch_max_size,
                 settings.model_dtype,
                 graph_per_batch_size=settings.model_graph_per_batch_size,
+                engine=settings.model_engine,
+                engine_threads=settings.model_cpu_threads,
             )
         except CheckpointError as exc:
             if len(settings.models) == 1:

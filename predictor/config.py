@@ -42,6 +42,10 @@ MXNET_CPU_TEMP_COPY  MODEL_CPU_REPLICAS       MXNet's own variable: how many tem
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
                                               mixed precision, AMP)
+MODEL_ENGINE         mxnet                    what runs the forward pass: mxnet; openvino
+                                              (float32 on the CPU: OpenVINO runs the
+                                              convolutional trunk, MXNet the rest; see
+                                              predictor/runtime/openvino_trunk.py)
 MODEL_GRAPH_PER_BATCH_SIZE
                      true                     true: one planned graph per batch size
                                               (1..BATCH_MAX_SIZE), sharing the weights;
@@ -99,6 +103,7 @@ LOG_LEVEL            INFO                     DEBUG, INFO, WARNING or ERROR
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -130,6 +135,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # Numeric types a model may run in; see `Settings.model_dtype`.
 MODEL_DTYPES = ("float32", "int8", "float16")
+MODEL_ENGINES = ("mxnet", "openvino")
 
 T = TypeVar("T")
 
@@ -194,6 +200,8 @@ class Settings:
     mxnet_cpu_temp_copy: int | None = None
     # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
     model_dtype: str = "float32"
+    # openvino: the convolutional trunk on OpenVINO (float32, CPU); mxnet: all of it on MXNet.
+    model_engine: str = "mxnet"
     model_graph_per_batch_size: bool = True
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
@@ -272,6 +280,8 @@ class Settings:
         model_dtype = reader.get("MODEL_DTYPE", _parse_dtype, "float32")
         no_threads: int | None = None
         _check_dtype_device(model_dtype, gpus)
+        model_engine = reader.get("MODEL_ENGINE", _parse_engine, "mxnet")
+        _check_engine(model_engine, model_dtype, gpus)
         return cls(
             host=reader.get("REST_HOST", _parse_host, "0.0.0.0"),
             port=reader.get("REST_PORT", _int_in(0, 65535), 8080),
@@ -289,6 +299,7 @@ class Settings:
             model_cpu_threads=reader.get("MODEL_CPU_THREADS", _int_in(1, 1024), no_threads),
             mxnet_cpu_temp_copy=reader.get("MXNET_CPU_TEMP_COPY", _int_in(1, 64), no_threads),
             model_dtype=model_dtype,
+            model_engine=model_engine,
             model_graph_per_batch_size=reader.get("MODEL_GRAPH_PER_BATCH_SIZE", _parse_bool, True),
             batch_max_size=reader.get("BATCH_MAX_SIZE", _int_in(1, 256), 8),
             batch_max_delay_ms=reader.get("BATCH_MAX_DELAY_MS", _float_in(0.0, 10_000.0), 5.0),
@@ -451,6 +462,30 @@ def _check_dtype_device(dtype: str, gpus: tuple[int, ...]) -> None:
         raise ConfigError(
             "MODEL_DTYPE=int8: runs on the CPU only (oneDNN kernels); "
             "on a GPU use float32 or float16"
+        )
+
+
+def _parse_engine(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in MODEL_ENGINES:
+        raise ValueError("expected " + ", ".join(MODEL_ENGINES))
+    return lowered
+
+
+def _check_engine(engine: str, dtype: str, gpus: tuple[int, ...]) -> None:
+    """OpenVINO runs float32 on the CPU here, and must be installed (the `cpu` extra has it)."""
+    if engine != "openvino":
+        return
+    if gpus or dtype != "float32":
+        raise ConfigError(
+            "MODEL_ENGINE=openvino: runs float32 on the CPU only "
+            f"(MODEL_DTYPE is {dtype}{', MODEL_CONTEXT_GPU is set' if gpus else ''}); "
+            "use MODEL_ENGINE=mxnet"
+        )
+    if importlib.util.find_spec("openvino") is None:
+        raise ConfigError(
+            "MODEL_ENGINE=openvino: the openvino package is not installed "
+            "(pip install 'predictor[cpu]' installs it)"
         )
 
 

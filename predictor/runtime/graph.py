@@ -147,7 +147,7 @@ def fold_into_convolutions(
             for source, output, version in node["inputs"]
         ]
     graph["heads"] = [[*replaced.get(h[0], (h[0], h[1])), h[2]] for h in graph["heads"]]
-    folded = _reordered(graph)
+    folded = reordered_symbol(graph)
     needed = set(folded.list_arguments()) | set(folded.list_auxiliary_states())
     return folded, {name: value for name, value in weights.items() if name in needed}
 
@@ -184,7 +184,7 @@ def use_faster_operators(symbol: mx.sym.Symbol, input_shape: tuple[int, ...]) ->
             node["inputs"][0] = nodes[node["inputs"][0][0]]["inputs"][0]
             node["attrs"]["pad"] = str(padding)
             changed = True
-    return _reordered(graph) if changed else symbol
+    return reordered_symbol(graph) if changed else symbol
 
 
 def _input_ranks(
@@ -218,9 +218,12 @@ def _max_pooling_padding(pad: Node, pool_attrs: dict[str, str]) -> tuple[int, in
     widths = _constant_pad_widths(pad, float("-inf"))
     if widths is None:
         return None
-    if pool_attrs.get("pool_type", "max") != "max" or _flag(pool_attrs.get("global_pool")):
+    if pool_attrs.get("pool_type", "max") != "max" or attribute_flag(pool_attrs.get("global_pool")):
         return None
-    if pool_attrs.get("layout", "NCHW") != "NCHW" or len(_ints(pool_attrs.get("kernel", ""))) != 2:
+    if (
+        pool_attrs.get("layout", "NCHW") != "NCHW"
+        or len(attribute_ints(pool_attrs.get("kernel", ""))) != 2
+    ):
         return None
     return _symmetric_spatial(widths, pool_attrs)
 
@@ -232,10 +235,10 @@ def _constant_pad_widths(pad: Node, fill: float) -> tuple[int, ...] | None:
         return None
     if float(attrs.get("constant_value", "0")) != fill:
         return None
-    return _ints(attrs.get("pad_width", ""))
+    return attribute_ints(attrs.get("pad_width", ""))
 
 
-def _flag(value: str | None) -> bool:
+def attribute_flag(value: str | None) -> bool:
     """An MXNet boolean attribute's value."""
     return value in ("True", "true", "1")
 
@@ -257,7 +260,7 @@ def _symmetric_zero_padding(pad: Node, conv_attrs: dict[str, str]) -> tuple[int,
     A ``Pad`` may be read by other nodes too: they keep reading it.
     """
     widths = _constant_pad_widths(pad, 0.0)
-    if widths is None or len(_ints(conv_attrs["kernel"])) != 2:
+    if widths is None or len(attribute_ints(conv_attrs["kernel"])) != 2:
         return None
     return _symmetric_spatial(widths, conv_attrs)
 
@@ -265,7 +268,7 @@ def _symmetric_zero_padding(pad: Node, conv_attrs: dict[str, str]) -> tuple[int,
 def _symmetric_spatial(widths: tuple[int, ...], attrs: dict[str, str]) -> tuple[int, int] | None:
     """An operator's own 2-D ``pad`` plus a ``Pad``'s NCHW ``widths``, when those add to
     height and width only, the same before as after; None otherwise."""
-    own = _ints(attrs.get("pad", "(0, 0)")) or (0, 0)
+    own = attribute_ints(attrs.get("pad", "(0, 0)")) or (0, 0)
     if len(widths) != 8 or any(widths[:4]) or len(own) != 2:
         return None
     top, bottom, left, right = widths[4:]
@@ -280,7 +283,7 @@ def _bias_addition(
     """(the addition's index, the constant) where a bias-free convolution's only reader adds
     a per-channel constant to it; None otherwise."""
     attrs = nodes[index]["attrs"]
-    if not _flag(attrs.get("no_bias")) or len(readers.get(index, [])) != 1:
+    if not attribute_flag(attrs.get("no_bias")) or len(readers.get(index, [])) != 1:
         return None
     addition = readers[index][0]
     if addition < 0 or nodes[addition]["op"] not in _BIAS_ADDS:
@@ -298,7 +301,7 @@ def _bias_addition(
     return addition, constant
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def attribute_ints(text: str) -> tuple[int, ...]:
     """``"(1, 2)"`` as (1, 2); () for anything else."""
     try:
         return tuple(int(part) for part in text.strip("()[] ").split(",") if part.strip())
@@ -306,7 +309,7 @@ def _ints(text: str) -> tuple[int, ...]:
         return ()
 
 
-def _reordered(graph: dict[str, Any]) -> mx.sym.Symbol:
+def reordered_symbol(graph: dict[str, Any]) -> mx.sym.Symbol:
     """The symbol of an edited JSON graph: its nodes put back in an order where every node
     comes after its inputs, those no longer read left out.
 

@@ -58,6 +58,12 @@ from predictor.runtime.graph import (
     merge_detection_head,
     use_faster_operators,
 )
+from predictor.runtime.openvino_trunk import (
+    DATA,
+    OpenVinoTrunk,
+    split_trunk,
+    trunk_output_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,9 @@ class Detector:
         max_batch: int,
         dtype: str = "float32",
         graph_per_batch_size: bool = True,
+        *,
+        engine: str = "mxnet",
+        engine_threads: int | None = None,
     ) -> None:
         """Load ``checkpoint`` on ``context``.
 
@@ -141,6 +150,9 @@ class Detector:
         checkpoint's own declaration (GluonCV's transform when it has none)
         at that square size. ``graph_per_batch_size`` false keeps one graph
         for every batch size (less memory, slower when sizes alternate).
+        ``engine`` ``"openvino"`` (float32 on the CPU) runs the graph's
+        convolutional trunk with OpenVINO on ``engine_threads`` threads (None:
+        every core) and the rest with MXNet (`predictor.runtime.openvino_trunk`).
         """
         if isinstance(preprocessing, int):
             declared, _ = checkpoint.preprocessing(preprocessing)
@@ -155,15 +167,52 @@ class Detector:
         self.dtype = dtype
         self.classes = read_class_names(checkpoint.synset_path)
         self._check_class_count()
-        self._net = _load_symbol_block(checkpoint, context, self.input_shape)
+        symbol, weights = _rewritten_graph(checkpoint, self.input_shape)
+        self._trunk: OpenVinoTrunk | None = None
+        self._inputs_of_graph = [DATA]
+        if engine == "openvino":
+            self._trunk, symbol = self._openvino_trunk(symbol, weights, engine_threads)
+        self._net = _symbol_block(
+            symbol,
+            self._inputs_of_graph,
+            weights,
+            context,
+            checkpoint,
+            partial=self._trunk is not None,
+        )
+        self.engine = "openvino" if self._trunk is not None else "mxnet"
         if dtype == "float16":
             self._net = _mixed_precision(self._net, context)
         self.graph_per_batch_size = graph_per_batch_size
         self._graphs: dict[int, mx.gluon.HybridBlock] = {}
         self._staging = np.zeros((max_batch, *self.input_shape), dtype=np.float32)
-        self._inputs: dict[int, mx.nd.NDArray] = {}
+        self._inputs: dict[tuple[str, int], mx.nd.NDArray] = {}
         self._lock = threading.Lock()
         self.batches_run = 0  # forward passes so far, warm-up included
+
+    def _openvino_trunk(
+        self, symbol: mx.sym.Symbol, weights: dict[str, mx.nd.NDArray], threads: int | None
+    ) -> tuple[OpenVinoTrunk | None, mx.sym.Symbol]:
+        """The trunk OpenVINO runs and the tail left to MXNet; (None, ``symbol``) if none."""
+        if self.context.device_type != "cpu" or self.dtype != "float32":
+            raise CheckpointError(
+                f"MODEL_ENGINE=openvino runs float32 on the CPU, not {self.dtype} on {self.context}"
+            )
+        split = split_trunk(symbol, weights)
+        if split is None:
+            log.warning(
+                "MODEL_ENGINE=openvino: %s has no convolutional trunk OpenVINO can run; "
+                "MXNet runs the whole graph",
+                self.checkpoint.symbol_path,
+            )
+            return None, symbol
+        self._inputs_of_graph = split.tail_inputs
+        log.info(
+            "model %s: OpenVINO runs the trunk (%d convolutions), MXNet the rest",
+            self.checkpoint.symbol_path,
+            split.convolutions,
+        )
+        return OpenVinoTrunk(split, weights, self.input_shape, threads), split.tail
 
     def _check_class_count(self) -> None:
         expected = network_class_count(self.checkpoint.symbol_path, self.input_shape)
@@ -194,9 +243,7 @@ class Detector:
             for slot, tensor in zip(staging, tensors, strict=True):
                 np.copyto(slot, tensor)
             try:
-                batch = self._input_buffer(count)
-                batch[:] = staging
-                class_ids, scores, boxes = self._graph(count)(batch)
+                class_ids, scores, boxes = self._graph(count)(*self._graph_inputs(staging))
                 # asnumpy() waits for the device; after it no NDArray of this call survives.
                 # float32 whatever the network computed in (float16 outputs under AMP).
                 ids_np = class_ids.asnumpy().astype(np.float32, copy=False)
@@ -205,6 +252,8 @@ class Detector:
                 del class_ids, scores, boxes
                 self.batches_run += 1
             except mx.base.MXNetError as exc:
+                raise InferenceError(_first_line(str(exc))) from exc
+            except RuntimeError as exc:  # OpenVINO's errors
                 raise InferenceError(_first_line(str(exc))) from exc
         return [
             RawDetections(ids_np[i, :, 0], scores_np[i, :, 0], boxes_np[i]) for i in range(count)
@@ -220,18 +269,31 @@ class Detector:
         key = count if self.graph_per_batch_size else 0
         graph = self._graphs.get(key)
         if graph is None:
-            graph = _sharing_weights(self._net)
+            graph = _sharing_weights(self._net, self._inputs_of_graph)
             # static_alloc/static_shape: MXNet plans memory once for the input shape
             # and reuses it, instead of allocating on every call.
             graph.hybridize(static_alloc=True, static_shape=True)
             self._graphs[key] = graph
         return graph
 
-    def _input_buffer(self, count: int) -> mx.nd.NDArray:
-        buffer = self._inputs.get(count)
+    def _graph_inputs(self, staging: FloatArray) -> list[mx.nd.NDArray]:
+        """The graph's inputs for the images in ``staging``: the batch itself, or what the
+        OpenVINO trunk made of it (and the batch, where the tail reads it too)."""
+        count = len(staging)
+        trunk_outputs = self._trunk.run(staging) if self._trunk is not None else []
+        inputs = []
+        for name in self._inputs_of_graph:
+            value = staging if name == DATA else trunk_outputs[trunk_output_position(name)]
+            buffer = self._input_buffer(name, count, value.shape[1:])
+            buffer[:] = value
+            inputs.append(buffer)
+        return inputs
+
+    def _input_buffer(self, name: str, count: int, shape: tuple[int, ...]) -> mx.nd.NDArray:
+        buffer = self._inputs.get((name, count))
         if buffer is None:
-            buffer = mx.nd.zeros((count, *self.input_shape), ctx=self.context)
-            self._inputs[count] = buffer
+            buffer = mx.nd.zeros((count, *shape), ctx=self.context)
+            self._inputs[(name, count)] = buffer
         return buffer
 
     def close(self) -> None:
@@ -239,6 +301,8 @@ class Detector:
         with self._lock:
             self._inputs.clear()
             self._graphs.clear()
+            if self._trunk is not None:
+                self._trunk.close()
             del self._net
             mx.nd.waitall()
 
@@ -252,6 +316,8 @@ def load_detectors(
     dtype: str | None = None,
     *,
     graph_per_batch_size: bool = True,
+    engine: str = "mxnet",
+    engine_threads: int | None = None,
 ) -> list[Detector]:
     """Load and warm one replica per device; raise `CheckpointError` naming a bad file.
 
@@ -259,7 +325,8 @@ def load_detectors(
     when it declares none); ``edge``, when given, overrides its input size
     with that square. ``dtype`` is ``MODEL_DTYPE`` (see `resolve_checkpoint`);
     None runs the checkpoint at ``prefix`` in the type it was written in.
-    ``graph_per_batch_size`` is ``MODEL_GRAPH_PER_BATCH_SIZE`` (see `Detector`).
+    ``graph_per_batch_size`` is ``MODEL_GRAPH_PER_BATCH_SIZE``, ``engine``
+    ``MODEL_ENGINE`` and ``engine_threads`` ``MODEL_CPU_THREADS`` (see `Detector`).
     """
     checkpoint = resolve_checkpoint(prefix, epoch, dtype)
     dtype = dtype or checkpoint_dtype(checkpoint.symbol_path)
@@ -267,7 +334,14 @@ def load_detectors(
     detectors = []
     for context in contexts_for(devices):
         detector = Detector(
-            checkpoint, context, preprocessing, max_batch, dtype, graph_per_batch_size
+            checkpoint,
+            context,
+            preprocessing,
+            max_batch,
+            dtype,
+            graph_per_batch_size,
+            engine=engine,
+            engine_threads=engine_threads,
         )
         try:
             detector.warm_up()
@@ -278,9 +352,10 @@ def load_detectors(
             ) from None
         detectors.append(detector)
         log.info(
-            "model %s (%s) warmed up on %s (batches 1..%d)",
+            "model %s (%s, %s) warmed up on %s (batches 1..%d)",
             checkpoint.symbol_path,
             dtype,
+            detector.engine,
             context,
             max_batch,
         )
@@ -332,9 +407,11 @@ def network_class_count(symbol_path: Path, input_shape: tuple[int, ...]) -> int 
     return int(out_shapes[0][-1]) - 1
 
 
-def _load_symbol_block(
-    checkpoint: Checkpoint, context: mx.Context, input_shape: tuple[int, ...]
-) -> mx.gluon.SymbolBlock:
+def _rewritten_graph(
+    checkpoint: Checkpoint, input_shape: tuple[int, ...]
+) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray]]:
+    """The checkpoint's graph and weights, with `predictor.runtime.graph`'s rewrites but the
+    CPU fusion (which comes after any split: `_symbol_block`)."""
     try:
         with warnings.catch_warnings():
             # Gluon warns that the "data" input has no type annotation; it is float32.
@@ -358,17 +435,34 @@ def _load_symbol_block(
     symbol, weights = fold_into_convolutions(symbol, weights)
     symbol = use_faster_operators(symbol, input_shape)
     symbol, weights = fold_anchors(symbol, weights, input_shape)
-    symbol = fuse_for_cpu(merge_detection_head(symbol, input_shape), context)
+    return merge_detection_head(symbol, input_shape), weights
+
+
+def _symbol_block(
+    symbol: mx.sym.Symbol,
+    inputs: Sequence[str],
+    weights: dict[str, mx.nd.NDArray],
+    context: mx.Context,
+    checkpoint: Checkpoint,
+    *,
+    partial: bool = False,
+) -> mx.gluon.SymbolBlock:
+    """``symbol`` (fused for the CPU where it runs there) as a block on ``context``.
+
+    ``partial``: the graph is part of the checkpoint's (a tail after
+    `split_trunk`), so weights it does not read are expected.
+    """
+    symbol = fuse_for_cpu(symbol, context)
     try:
         with warnings.catch_warnings():
-            # Gluon warns that the "data" input has no type annotation; it is float32.
+            # Gluon warns that the inputs have no type annotation; they are float32.
             warnings.simplefilter("ignore")
-            net = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
+            net = mx.gluon.SymbolBlock(symbol, [mx.sym.var(name) for name in inputs])
             net.collect_params().load_dict(
                 weights,
                 ctx=context,
                 allow_missing=False,
-                ignore_extra=False,
+                ignore_extra=partial,
                 # A quantized checkpoint stores int8 weights: keep the file's types.
                 cast_dtype=True,
                 dtype_source="saved",
@@ -381,17 +475,17 @@ def _load_symbol_block(
     return net
 
 
-def _sharing_weights(net: mx.gluon.SymbolBlock) -> mx.gluon.SymbolBlock:
+def _sharing_weights(net: mx.gluon.SymbolBlock, inputs: Sequence[str]) -> mx.gluon.SymbolBlock:
     """Another block computing ``net``'s graph on the very same parameters.
 
     Hybridized, it is a graph of its own (MXNet's CachedOp) with its own
     plan and operator state, but no copy of the weights.
     """
     with warnings.catch_warnings():
-        # Gluon warns that the "data" input has no type annotation; it is float32.
+        # Gluon warns that the inputs have no type annotation; they are float32.
         warnings.simplefilter("ignore")
-        data = mx.sym.var("data")
-        return mx.gluon.SymbolBlock(net(data), data, params=net.collect_params())
+        variables = [mx.sym.var(name) for name in inputs]
+        return mx.gluon.SymbolBlock(net(*variables), variables, params=net.collect_params())
 
 
 def _mixed_precision(net: mx.gluon.SymbolBlock, context: mx.Context) -> mx.gluon.SymbolBlock:

@@ -83,10 +83,16 @@ def measure_offline(
     """
     results: dict[str, Any] = {"serial": {}, "overlapped": {}}
     payloads = [path.read_bytes() for path in files]
-    threads = engine_threads
     for batch in batches:
         detector = load_detectors(
-            prefix, 0, edge, DeviceSpec(), batch, dtype, engine=engine, engine_threads=threads
+            prefix,
+            0,
+            edge,
+            DeviceSpec(),
+            batch,
+            dtype,
+            engine=engine,
+            engine_threads=engine_threads,
         )[0]
         results["serial"][batch] = offline_rate(detector, files, "serial", repeats, workers)
         results["overlapped"][batch] = offline_rate(detector, files, "overlapped", repeats, workers)

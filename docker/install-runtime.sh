@@ -68,6 +68,7 @@ for module in ("aiohttp", "cv2", "numpy", "prometheus_client", "predictor.cli"):
 if mxnet_dist == "mxnet":
     importlib.import_module("predictor.http.app")  # the server
     importlib.import_module("predictor.runtime.model")  # and MXNet
+    importlib.import_module("openvino")  # MODEL_ENGINE=openvino (extra `cpu`)
 static = importlib.resources.files("predictor") / "static"
 missing = [f for f in ("index.html", "app.js", "style.css") if not (static / f).is_file()]
 if missing:

@@ -36,7 +36,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -182,6 +183,20 @@ class Container:
         self.run("rm", "--force", self.name, check=False)
 
 
+@contextmanager
+def removed_after(box: Container) -> Iterator[Container]:
+    """``box``, removed when the block ends; the tail of its log printed if the block fails."""
+    try:
+        yield box
+    except BaseException:
+        logs = box.run("logs", "--tail", "40", box.name, check=False)
+        print(f"--- {box.name} log (last 40 lines) ---", file=sys.stderr)
+        print(logs.stdout + logs.stderr, file=sys.stderr)
+        raise
+    finally:
+        box.remove()
+
+
 def check_contract(box: Container, jpeg: bytes, expected: dict[str, Any]) -> None:
     answer = predict(box.port, jpeg)
     if answer != expected:
@@ -202,8 +217,7 @@ def check_contract(box: Container, jpeg: bytes, expected: dict[str, Any]) -> Non
 def check_openvino_engine(args: argparse.Namespace, jpeg: bytes, expected: dict[str, Any]) -> None:
     """MODEL_ENGINE=openvino in the image: OpenVINO's libraries load there, and the answer
     is the host's (MXNet's) to float32 rounding."""
-    box = Container(args.docker, args.image, {"MODEL_ENGINE": "openvino"})
-    try:
+    with removed_after(Container(args.docker, args.image, {"MODEL_ENGINE": "openvino"})) as box:
         box.start()
         wait_ready(box.port, args.startup_s, box.running, "the MODEL_ENGINE=openvino container")
         answer = predict(box.port, jpeg)["prediction"]
@@ -216,13 +230,6 @@ def check_openvino_engine(args: argparse.Namespace, jpeg: bytes, expected: dict[
         if not same:
             fail(f"MODEL_ENGINE=openvino answers otherwise:\n  {answer}\n  {want}")
         log(f"MODEL_ENGINE=openvino: the host's answer to rounding ({len(answer)} detections)")
-    except BaseException:
-        logs = box.run("logs", "--tail", "40", box.name, check=False)
-        print("--- MODEL_ENGINE=openvino container log (last 40 lines) ---", file=sys.stderr)
-        print(logs.stdout + logs.stderr, file=sys.stderr)
-        raise
-    finally:
-        box.remove()
 
 
 def check_health(box: Container, timeout_s: float) -> float:
@@ -369,8 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = host_answer(args.venv, jpeg, args.logs)
     log(f"host answer for {EXAMPLE.relative_to(ROOT)}: {json.dumps(expected)}")
 
-    box = Container(args.docker, args.image)
-    try:
+    with removed_after(Container(args.docker, args.image)) as box:
         start = time.monotonic()
         box.start()
         wait_ready(box.port, args.startup_s, box.running, "the container")
@@ -382,14 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"HEALTHCHECK: healthy {healthy_s:.0f} s after /ready")
         check_stop_under_load(box, LOAD_EXAMPLE.read_bytes(), args.clients, args.cpus)
         print(f"SMOKE-READY-S {ready_s:.1f}")
-        check_openvino_engine(args, jpeg, expected)
-    except BaseException:
-        logs = box.run("logs", "--tail", "40", box.name, check=False)
-        print("--- container log (last 40 lines) ---", file=sys.stderr)
-        print(logs.stdout + logs.stderr, file=sys.stderr)
-        raise
-    finally:
-        box.remove()
+    check_openvino_engine(args, jpeg, expected)
     log("OK")
     return 0
 

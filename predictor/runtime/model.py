@@ -27,6 +27,11 @@ Numeric types (``MODEL_DTYPE``): ``float32`` runs the checkpoint as exported;
 CPU only), found at the prefix itself or at ``PREFIX-int8`` beside it;
 ``float16`` converts the float32 network with MXNet's automatic mixed
 precision on a GPU (inputs and outputs stay float32).
+
+Engines (``MODEL_ENGINE``): ``mxnet`` runs the whole graph; ``openvino``
+(float32, CPU) runs its convolutional trunk with OpenVINO and the rest with
+MXNet (`predictor.runtime.openvino_trunk`). The trunk's outputs are copied
+into the tail's input buffers, allocated once per batch size like the image's.
 """
 
 from __future__ import annotations

@@ -171,9 +171,10 @@ class OpenVinoTrunk:
         return [request.get_output_tensor(i).data for i in range(len(self._split.outputs))]
 
     def close(self) -> None:
-        """Drop every compiled model now rather than at garbage collection."""
+        """Drop every compiled model and the weights now rather than at garbage collection."""
         self._requests.clear()
         self._compiled.clear()
+        self._constants.clear()
 
     def _model(self, count: int) -> Any:
         ops = _opset()

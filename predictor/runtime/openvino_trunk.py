@@ -51,7 +51,8 @@ OvNode = Any
 class TrunkSplit:
     """A graph cut in two: the trunk's nodes and the MXNet tail that reads them."""
 
-    nodes: list[Node]  # the whole graph's JSON nodes (the trunk is a subset)
+    nodes: list[Node]  # the whole graph's JSON nodes
+    members: frozenset[int]  # indices of the nodes the trunk computes or reads
     outputs: list[int]  # indices of the nodes whose first output the tail reads
     tail: mx.sym.Symbol  # inputs: `tail_inputs`
     tail_inputs: list[str]  # DATA (when the tail reads the image) and TRUNK_OUTPUT{k}
@@ -59,16 +60,14 @@ class TrunkSplit:
     @property
     def convolutions(self) -> int:
         """Convolutions the trunk runs."""
-        needed = _ancestors(self.nodes, self.outputs)
-        return sum(1 for index in needed if self.nodes[index]["op"] == "Convolution")
+        return sum(1 for index in self.members if self.nodes[index]["op"] == "Convolution")
 
     @property
     def parameters(self) -> set[str]:
         """Names of the weights the trunk reads."""
-        needed = _ancestors(self.nodes, self.outputs)
         return {
             self.nodes[i]["name"]
-            for i in needed
+            for i in self.members
             if self.nodes[i]["op"] == "null" and self.nodes[i]["name"] != DATA
         }
 
@@ -105,14 +104,15 @@ def split_trunk(symbol: mx.sym.Symbol, weights: Collection[str]) -> TrunkSplit |
     ]
     if any(-2 in readers.get(index, ()) for index in outputs):
         return None  # a second output of a trunk node is read: not a graph this module builds
-    if not any(nodes[i]["op"] == "Convolution" for i in _ancestors(nodes, outputs)):
+    members = frozenset(_ancestors(nodes, outputs))
+    if not any(nodes[i]["op"] == "Convolution" for i in members):
         return None
     tail_nodes = [dict(node) for node in nodes]
     for position, index in enumerate(outputs):
         tail_nodes[index] = {"op": "null", "name": f"{TRUNK_OUTPUT}{position}", "inputs": []}
     tail = reordered_symbol({**graph, "nodes": tail_nodes})
     tail_inputs = [name for name in tail.list_arguments() if _is_input(name)]
-    return TrunkSplit(nodes, outputs, tail, tail_inputs)
+    return TrunkSplit(nodes, members, outputs, tail, tail_inputs)
 
 
 class OpenVinoTrunk:
@@ -181,14 +181,14 @@ class OpenVinoTrunk:
         nodes = self._split.nodes
         built: dict[int, OvNode] = {}
         parameter = ops.parameter([count, *self._input_shape], np.float32, name=DATA)
-        for index in sorted(_ancestors(nodes, self._split.outputs)):
+        for index in sorted(self._split.members):
             node = nodes[index]
             if node["op"] == "null":
                 name = node["name"]
                 built[index] = parameter if name == DATA else self._constant(ops, name)
                 continue
             inputs = [built[source] for source, _, _ in node["inputs"]]
-            built[index] = _TRANSLATIONS[node["op"]](ops, inputs, node.get("attrs", {}), node)
+            built[index] = _TRANSLATIONS[node["op"]](ops, inputs, node.get("attrs", {}))
         results = [ops.result(built[index]) for index in self._split.outputs]
         return self._ov.Model(results, [parameter], "predictor_trunk")
 
@@ -231,7 +231,7 @@ def _attribute(attrs: dict[str, str], name: str, default: tuple[int, ...]) -> li
     return list(ints(attrs[name])) if name in attrs else list(default)
 
 
-def _convolution(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _convolution(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     kernel = ints(attrs["kernel"])
     rank = len(kernel)
     strides = _attribute(attrs, "stride", (1,) * rank)
@@ -252,7 +252,7 @@ def _convolution(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: No
     return out
 
 
-def _batch_norm(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _batch_norm(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     data, gamma, beta, mean, variance = inputs
     # MXNet's symbol default: gamma is fixed at 1 unless fix_gamma is false.
     if flag(attrs.get("fix_gamma", "True")):
@@ -261,17 +261,17 @@ def _batch_norm(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Nod
     return ops.batch_norm_inference(data, gamma, beta, mean, variance, epsilon)
 
 
-def _activation(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _activation(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     kind = attrs["act_type"]
     return {"relu": ops.relu, "sigmoid": ops.sigmoid, "tanh": ops.tanh}[kind](inputs[0])
 
 
-def _leaky_relu(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _leaky_relu(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     slope = np.array([float(attrs.get("slope", "0.25"))], dtype=np.float32)
     return ops.prelu(inputs[0], ops.constant(slope))
 
 
-def _pooling(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _pooling(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     kind = attrs.get("pool_type", "max")
     if flag(attrs.get("global_pool")):
         axes = ops.constant(np.array([2, 3], dtype=np.int64))
@@ -288,30 +288,30 @@ def _pooling(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) 
     return ops.avg_pool(inputs[0], strides, pads, pads, kernel, exclude_pad, rounding)
 
 
-def _add(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _add(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     return ops.add(inputs[0], inputs[1])
 
 
-def _transpose(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _transpose(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     axes = ops.constant(np.array(ints(attrs["axes"]), dtype=np.int64))
     return ops.transpose(inputs[0], axes)
 
 
-def _flatten(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _flatten(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     shape = ops.constant(np.array([0, -1], dtype=np.int64))
     return ops.reshape(inputs[0], shape, special_zero=True)
 
 
-def _concat(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _concat(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     return ops.concat(inputs, int(attrs.get("dim", "1")))
 
 
-def _reshape(ops: Any, inputs: list[OvNode], attrs: dict[str, str], node: Node) -> OvNode:
+def _reshape(ops: Any, inputs: list[OvNode], attrs: dict[str, str]) -> OvNode:
     shape = ops.constant(np.array(ints(attrs["shape"]), dtype=np.int64))
     return ops.reshape(inputs[0], shape, special_zero=True)
 
 
-Translation = Callable[[Any, list[OvNode], dict[str, str], Node], OvNode]
+Translation = Callable[[Any, list[OvNode], dict[str, str]], OvNode]
 
 _TRANSLATIONS: dict[str, Translation] = {
     "Convolution": _convolution,

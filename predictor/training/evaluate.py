@@ -38,10 +38,18 @@ def evaluate_checkpoint(
     epoch: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    dtype: str | None = None,
+    engine: str = "mxnet",
 ) -> EvaluationReport:
-    """VOC mAP@0.5 per class and overall, and COCO-style mAP@[.5:.95], of one checkpoint."""
+    """VOC mAP@0.5 per class and overall, and COCO-style mAP@[.5:.95], of one checkpoint.
+
+    ``dtype`` and ``engine`` are as the server's ``MODEL_DTYPE`` and ``MODEL_ENGINE``
+    (`load_detectors`); None runs the checkpoint in the type it was written in.
+    """
     dataset = load_dataset(data_dir)
-    detector = load_detectors(prefix, epoch, edge, DeviceSpec(), batch_size)[0]
+    detector = load_detectors(prefix, epoch, edge, DeviceSpec(), batch_size, dtype, engine=engine)[
+        0
+    ]
     try:
         unknown = sorted(set(detector.classes) - set(dataset.classes))
         if unknown:
@@ -147,16 +155,21 @@ def evaluate_negatives(
     epoch: int = 0,
     threshold: float = Settings.probability_threshold,
     batch_size: int = 8,
+    dtype: str | None = None,
+    engine: str = "mxnet",
 ) -> NegativesReport:
     """Every detection above ``threshold`` in the JPEG and PNG photos of ``folder``.
 
     The photos are meant to hold no object of the model's classes, so every detection
-    counts as false. Raises ValueError if the folder has no photo.
+    counts as false. Raises ValueError if the folder has no photo. ``dtype`` and
+    ``engine`` as in `evaluate_checkpoint`.
     """
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise ValueError(f"no .jpg or .png photos in {folder}")
-    detector = load_detectors(prefix, epoch, edge, DeviceSpec(), batch_size)[0]
+    detector = load_detectors(prefix, epoch, edge, DeviceSpec(), batch_size, dtype, engine=engine)[
+        0
+    ]
     try:
         results = list(
             detect_files(files, detector, EVALUATION_THRESHOLD, 2**31 - 1, os.cpu_count() or 1)

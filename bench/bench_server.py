@@ -33,7 +33,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +72,13 @@ def measure_offline(
     confirm_repeats: int = 0,
     engine: str = "mxnet",
     engine_threads: int | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Images per second without HTTP, per batch size, and single-image latency.
 
-    ``engine`` and ``engine_threads`` are the server's MODEL_ENGINE and
-    MODEL_CPU_THREADS (see `predictor.runtime.model.Detector`).
+    ``engine``, ``engine_threads`` and ``replicas`` are the server's
+    MODEL_ENGINE, MODEL_CPU_THREADS and MODEL_CPU_REPLICAS (see
+    `predictor.runtime.model.Detector`): the limit of the server as it runs.
 
     The limit is the best (mode, batch) of the scan (see `offline_rate`);
     with ``confirm_repeats`` that one is then measured again over that many
@@ -83,23 +87,20 @@ def measure_offline(
     """
     results: dict[str, Any] = {"serial": {}, "overlapped": {}}
     payloads = [path.read_bytes() for path in files]
+    load = ReplicaLoader(prefix, edge, dtype, engine, engine_threads, replicas)
     for batch in batches:
-        detector = load_detectors(
-            prefix,
-            0,
-            edge,
-            DeviceSpec(),
-            batch,
-            dtype,
-            engine=engine,
-            engine_threads=engine_threads,
-        )[0]
-        results["serial"][batch] = offline_rate(detector, files, "serial", repeats, workers)
-        results["overlapped"][batch] = offline_rate(detector, files, "overlapped", repeats, workers)
+        detectors = load(batch)
+        results["serial"][batch] = offline_rate(detectors, files, "serial", repeats, workers)
+        results["overlapped"][batch] = offline_rate(
+            detectors, files, "overlapped", repeats, workers
+        )
         if batch == 1:
-            latencies = [single_image_ms(detector, one) for _ in range(repeats) for one in payloads]
+            latencies = [
+                single_image_ms(detectors[0], one) for _ in range(repeats) for one in payloads
+            ]
             results["single_image_ms"] = statistics.median(latencies)
-        detector.close()
+        for detector in detectors:
+            detector.close()
     best_mode, best_batch, best = max(
         (
             (mode, batch, rate)
@@ -113,11 +114,35 @@ def measure_offline(
     results["best_batch"] = best_batch
     results["limit_mode"] = f"{best_mode}, batch {best_batch}"
     if confirm_repeats:
-        best = confirm_limit(
-            prefix, edge, files, workers, results, confirm_repeats, dtype, engine, engine_threads
-        )
+        best = confirm_limit(load, files, workers, results, confirm_repeats)
     results["limit_rps"] = best
+    results["replicas"] = replicas
     return results
+
+
+@dataclass(frozen=True)
+class ReplicaLoader:
+    """Loads a model's replicas as the server would run them, for a given batch size."""
+
+    prefix: Path
+    edge: int | None
+    dtype: str | None = None
+    engine: str = "mxnet"
+    engine_threads: int | None = None
+    replicas: int = 1
+
+    def __call__(self, batch: int) -> list[Detector]:
+        """``replicas`` detectors taking batches of up to ``batch`` images."""
+        return load_detectors(
+            self.prefix,
+            0,
+            self.edge,
+            DeviceSpec(cpu_replicas=self.replicas),
+            batch,
+            self.dtype,
+            engine=self.engine,
+            engine_threads=self.engine_threads,
+        )
 
 
 def single_image_ms(detector: Detector, data: bytes) -> float:
@@ -129,51 +154,59 @@ def single_image_ms(detector: Detector, data: bytes) -> float:
 
 
 def offline_rate(
-    detector: Detector, files: list[Path], mode: str, passes: int, workers: int
+    detectors: Sequence[Detector], files: list[Path], mode: str, passes: int, workers: int
 ) -> float:
     """Images per second over ``passes`` passes of ``files``, ``serial`` or ``overlapped``.
 
     Overlapped decoding runs ``workers`` threads at the server's default
-    priority step (PREPROCESS_NICE), as the server does.
+    priority step (PREPROCESS_NICE), as the server does. With several
+    replicas each takes every n-th image on a thread of its own, and the
+    decoding threads are shared out among them (``workers`` in all, as the
+    server's one pool).
     """
+    work = files * passes
+    shares = [work[i :: len(detectors)] for i in range(len(detectors))]
+    each = max(1, workers // len(detectors))
+    started = time.perf_counter()
+    if len(detectors) == 1:
+        _run_share(detectors[0], shares[0], mode, each)
+    else:
+        with ThreadPoolExecutor(len(detectors)) as pool:
+            done = [
+                pool.submit(_run_share, d, share, mode, each)
+                for d, share in zip(detectors, shares, strict=True)
+            ]
+            for future in done:
+                future.result()
+    return len(work) / (time.perf_counter() - started)
+
+
+def _run_share(detector: Detector, files: list[Path], mode: str, workers: int) -> None:
+    """Detect in ``files`` with one replica: decoding then the forward pass per batch
+    (``serial``), or decoding ahead on ``workers`` threads (``overlapped``)."""
     if mode == "serial":
-        payloads = [path.read_bytes() for path in files]
-        started = time.perf_counter()
         batch = detector.max_batch
-        for _ in range(passes):
-            for first in range(0, len(payloads), batch):
-                chunk = payloads[first : first + batch]
-                images = [prepare(data, detector.preprocessing, 2**31 - 1) for data in chunk]
-                detector.forward([image.tensor for image in images])
+        for first in range(0, len(files), batch):
+            chunk = [path.read_bytes() for path in files[first : first + batch]]
+            images = [prepare(data, detector.preprocessing, 2**31 - 1) for data in chunk]
+            detector.forward([image.tensor for image in images])
     else:
         # One stream of every pass: a server overlaps continuously, with no ramp-up per pass.
         nice = Settings().preprocess_nice
-        started = time.perf_counter()
-        for _ in detect_files(files * passes, detector, 0.5, 2**31 - 1, workers, nice):
+        for _ in detect_files(files, detector, 0.5, 2**31 - 1, workers, nice):
             pass
-    return passes * len(files) / (time.perf_counter() - started)
 
 
 def confirm_limit(
-    prefix: Path,
-    edge: int | None,
-    files: list[Path],
-    workers: int,
-    offline: dict[str, Any],
-    passes: int,
-    dtype: str | None = None,
-    engine: str = "mxnet",
-    engine_threads: int | None = None,
+    load: ReplicaLoader, files: list[Path], workers: int, offline: dict[str, Any], passes: int
 ) -> float:
     """The scan's best configuration (``offline``'s mode and batch) measured again, alone."""
-    batch = offline["best_batch"]
-    detector = load_detectors(
-        prefix, 0, edge, DeviceSpec(), batch, dtype, engine=engine, engine_threads=engine_threads
-    )[0]
+    detectors = load(offline["best_batch"])
     try:
-        return offline_rate(detector, files, offline["best_mode"], passes, workers)
+        return offline_rate(detectors, files, offline["best_mode"], passes, workers)
     finally:
-        detector.close()
+        for detector in detectors:
+            detector.close()
 
 
 async def one_client_pairs(
@@ -406,9 +439,8 @@ def main() -> None:
     limit_passes = max(args.repeats * 3, math.ceil(LIMIT_SECONDS / per_pass_s))
 
     def measure_limit() -> float:
-        return confirm_limit(
-            settings.model_prefix, settings.model_edge, files, workers, offline, limit_passes
-        )
+        load = ReplicaLoader(settings.model_prefix, settings.model_edge)
+        return confirm_limit(load, files, workers, offline, limit_passes)
 
     with ServerProcess(env) as server:
         results, limits_after = run_levels(server, bodies, args.time_limit, measure_limit)

@@ -489,10 +489,12 @@ def measure_case(
             "batches": batches,
             "dtype": dtype,
             "confirm_repeats": case.offline_confirm,
+            "engine": case.engine,
+            "replicas": case.cpu_replicas,
         }
         if case.cpu_threads is None:
-            return measure_offline(**settings, engine=case.engine)
-        return measure_offline_with_threads(case.cpu_threads, **settings, engine=case.engine)
+            return measure_offline(**settings)
+        return measure_offline_with_threads(case.cpu_threads, **settings)
 
     offline = limit(case.offline_batches)
     print(
@@ -932,8 +934,12 @@ def render_section(
             )
             + (
                 f" predictor's server runs `MODEL_CPU_REPLICAS={detail['cpu_replicas']}` (one "
-                "replica per core, as the peers run one worker per core); the offline limit is "
-                "one replica's, so the efficiency can exceed 1."
+                "replica per core, as the peers run one worker per core)"
+                + (
+                    ", and so does its offline limit (each replica on a thread of its own)."
+                    if detail["offline"].get("replicas", 1) == detail["cpu_replicas"]
+                    else "; the offline limit is one replica's, so the efficiency can exceed 1."
+                )
                 if detail.get("cpu_replicas", 1) > 1
                 else ""
             )

@@ -30,11 +30,13 @@ def measure_offline_with_threads(
     dtype: str | None,
     confirm_repeats: int,
     engine: str = "mxnet",
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """`measure_offline` in a child process whose forward passes use ``threads`` threads
-    (on ``engine``, the server's MODEL_ENGINE)."""
+    (on ``engine`` and ``replicas``, the server's MODEL_ENGINE and MODEL_CPU_REPLICAS)."""
     request = {
         "engine": engine,
+        "replicas": replicas,
         "threads": threads,
         "prefix": str(prefix),
         "edge": edge,
@@ -77,6 +79,7 @@ def main() -> None:
         int(request["confirm_repeats"]),
         engine=request["engine"],
         engine_threads=int(request["threads"]),
+        replicas=int(request["replicas"]),
     )
     print(json.dumps(result))
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from bench.bench_server import paired_overhead_ms
+from bench.bench_server import ReplicaLoader, offline_rate, paired_overhead_ms
 from bench.compare import (
     CONTENDERS,
     PEERS,
@@ -294,6 +294,27 @@ def test_peer_targets_take_the_best_peer_of_each_view() -> None:
     assert len(same) == 1 and "**1.25x** the best, mms (same handler) 16.0" in same[0]
     assert "target >= 1.2x: met" in same[0]
     assert any("1 client: p99 predictor" in x and "target <= 1.2x: met" in x for x in lines)
+
+
+@pytest.mark.parametrize("mode", ["serial", "overlapped"])
+def test_the_offline_limit_runs_every_replica_the_server_would(
+    small_model_prefix: Path, tmp_path: Path, mode: str
+) -> None:
+    files = []
+    for seed in range(6):
+        files.append(tmp_path / f"{seed}.jpg")
+        files[-1].write_bytes(encode_jpeg(scene(seed)))
+    replicas = ReplicaLoader(small_model_prefix, SMALL_EDGE, engine_threads=1, replicas=2)(2)
+    try:
+        assert len(replicas) == 2
+        before = [detector.batches_run for detector in replicas]
+        rate = offline_rate(replicas, files, mode, passes=2, workers=2)
+        # 12 images, 6 per replica in batches of 2: three forward passes each.
+        assert [d.batches_run - b for d, b in zip(replicas, before, strict=True)] == [3, 3]
+        assert rate > 0
+    finally:
+        for detector in replicas:
+            detector.close()
 
 
 def test_bfloat16_is_set_beside_the_float32_peers_not_judged_as_a_target() -> None:

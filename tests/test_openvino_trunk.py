@@ -15,6 +15,7 @@ import pytest
 
 from predictor.checkpoint import read_preprocessing
 from predictor.config import DeviceSpec, Settings
+from predictor.detections import RawDetections
 from predictor.errors import CheckpointError, ConfigError
 from predictor.runtime.graph import fold_anchors, merge_detection_head
 from predictor.runtime.imaging import prepare
@@ -37,18 +38,33 @@ def _ops(symbol: mx.sym.Symbol) -> list[str]:
     return [node["op"] for node in json.loads(symbol.tojson())["nodes"]]
 
 
+def _forward_both(
+    batch: list[npt.NDArray[np.float32]],
+    prefix: Path,
+    edge: int | None,
+    *numerics: tuple[str, str],
+) -> list[list[RawDetections]]:
+    """``batch`` through one replica per (dtype, engine) of ``numerics``, in that order."""
+    outputs = []
+    for dtype, engine in numerics:
+        detector = load_detectors(prefix, 0, edge, DeviceSpec(), len(batch), dtype, engine=engine)[
+            0
+        ]
+        assert detector.engine == engine
+        try:
+            outputs.append(detector.forward(batch))
+        finally:
+            detector.close()
+    return outputs
+
+
 def _assert_same_detections(
     batch: list[npt.NDArray[np.float32]], prefix: Path, edge: int | None
 ) -> None:
     """Both engines, one replica each, on ``batch``: the same detections to float32 rounding."""
-    plain = load_detectors(prefix, 0, edge, DeviceSpec(), len(batch))[0]
-    trunk = load_detectors(prefix, 0, edge, DeviceSpec(), len(batch), engine="openvino")[0]
-    assert (plain.engine, trunk.engine) == ("mxnet", "openvino")
-    try:
-        expected, got = plain.forward(batch), trunk.forward(batch)
-    finally:
-        plain.close()
-        trunk.close()
+    expected, got = _forward_both(
+        batch, prefix, edge, ("float32", "mxnet"), ("float32", "openvino")
+    )
     found = 0
     for want, have in zip(expected, got, strict=True):
         shown = want.scores > 0.05
@@ -64,15 +80,9 @@ def _assert_bfloat16_finds_the_same(
 ) -> None:
     """Every float32 detection above 0.3 again in bfloat16: same class, IoU >= 0.9, score
     within 0.05 (bfloat16 keeps 8 bits of mantissa, so not to float32 rounding)."""
-    exact = load_detectors(prefix, 0, edge, DeviceSpec(), len(batch), engine="openvino")[0]
-    brief = load_detectors(
-        prefix, 0, edge, DeviceSpec(), len(batch), "bfloat16", engine="openvino"
-    )[0]
-    try:
-        expected, got = exact.forward(batch), brief.forward(batch)
-    finally:
-        exact.close()
-        brief.close()
+    expected, got = _forward_both(
+        batch, prefix, edge, ("float32", "openvino"), ("bfloat16", "openvino")
+    )
     found = 0
     for want, have in zip(expected, got, strict=True):
         candidates = have.scores > 0.2
@@ -305,10 +315,13 @@ def test_a_detector_refuses_openvino_for_another_numeric_type(small_model_prefix
         load_detectors(small_model_prefix, 0, SMALL_EDGE, DeviceSpec(), 1, "bfloat16")
 
 
-def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) -> None:
-    """Two replicas of one OpenVINO thread each, as the ResNet-50 benchmark runs it."""
+def _served_answers(
+    prefix: Path, variants: dict[str, dict[str, str]], threshold: float
+) -> dict[str, list[Any]]:
+    """The example photos' predictions from one server per variant (extra environment), each
+    with two replicas of one thread, as the README and the ResNet-50 benchmark run them."""
     env = {
-        "MODEL_PREFIX": str(small_model_prefix),
+        "MODEL_PREFIX": str(prefix),
         "MODEL_EDGE": str(SMALL_EDGE),
         "MODEL_CPU_REPLICAS": "2",
         "MODEL_CPU_THREADS": "1",
@@ -316,12 +329,19 @@ def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) 
     }
     photos = [path.read_bytes() for path in sorted(EXAMPLES.glob("*.jpg"))]
     answers: dict[str, list[Any]] = {}
-    for engine in ("mxnet", "openvino"):
-        with ServerProcess({**env, "MODEL_ENGINE": engine}) as server:
-            replies = [server.request("/predict?threshold=0.3", photo) for photo in photos]
-            assert any(f"(float32, {engine}) warmed up" in line for line in server.log)
+    for name, extra in variants.items():
+        with ServerProcess({**env, **extra}) as server:
+            replies = [server.request(f"/predict?threshold={threshold}", p) for p in photos]
+            warmed = f"({extra.get('MODEL_DTYPE', 'float32')}, {extra['MODEL_ENGINE']}) warmed up"
+            assert any(warmed in line for line in server.log)
         assert all(status == 200 for status, _ in replies)
-        answers[engine] = [body["prediction"] for _, body in replies]
+        answers[name] = [body["prediction"] for _, body in replies]
+    return answers
+
+
+def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) -> None:
+    engines = {engine: {"MODEL_ENGINE": engine} for engine in ("mxnet", "openvino")}
+    answers = _served_answers(small_model_prefix, engines, 0.3)
     assert any(answers["mxnet"]), "the example photos have objects the model finds"
     for plain, trunk in zip(answers["mxnet"], answers["openvino"], strict=True):
         assert [d["objectClass"] for d in trunk] == [d["objectClass"] for d in plain]
@@ -334,20 +354,8 @@ def test_a_server_on_openvino_answers_as_one_on_mxnet(small_model_prefix: Path) 
 @NEEDS_BFLOAT16
 def test_a_bfloat16_server_finds_what_a_float32_one_does(small_model_prefix: Path) -> None:
     """The README's bfloat16 setting, against the same server in float32."""
-    env = {
-        "MODEL_PREFIX": str(small_model_prefix),
-        "MODEL_EDGE": str(SMALL_EDGE),
-        "MODEL_ENGINE": "openvino",
-        "BATCH_MAX_SIZE": "2",
-    }
-    photos = [path.read_bytes() for path in sorted(EXAMPLES.glob("*.jpg"))]
-    answers: dict[str, list[Any]] = {}
-    for dtype in ("float32", "bfloat16"):
-        with ServerProcess({**env, "MODEL_DTYPE": dtype}) as server:
-            replies = [server.request("/predict?threshold=0.2", photo) for photo in photos]
-            assert any(f"({dtype}, openvino) warmed up" in line for line in server.log)
-        assert all(status == 200 for status, _ in replies)
-        answers[dtype] = [body["prediction"] for _, body in replies]
+    dtypes = {d: {"MODEL_ENGINE": "openvino", "MODEL_DTYPE": d} for d in ("float32", "bfloat16")}
+    answers = _served_answers(small_model_prefix, dtypes, 0.2)
     found = 0
     for exact, brief in zip(answers["float32"], answers["bfloat16"], strict=True):
         for want in (d for d in exact if d["probability"] > 0.3):

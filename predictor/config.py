@@ -138,6 +138,8 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Numeric types a model may run in; see `Settings.model_dtype`.
 MODEL_DTYPES = ("float32", "int8", "float16", "bfloat16")
 MODEL_ENGINES = ("mxnet", "openvino")
+# The MODEL_DTYPEs MODEL_ENGINE=openvino runs (predictor/runtime/openvino_trunk.py).
+OPENVINO_DTYPES = ("float32", "bfloat16")
 
 T = TypeVar("T")
 
@@ -486,7 +488,7 @@ def _check_engine(engine: str, dtype: str, gpus: tuple[int, ...]) -> None:
         )
     if engine != "openvino":
         return
-    if gpus or dtype not in ("float32", "bfloat16"):
+    if gpus or dtype not in OPENVINO_DTYPES:
         raise ConfigError(
             "MODEL_ENGINE=openvino: runs float32 or bfloat16 on the CPU only "
             f"(MODEL_DTYPE is {dtype}{', MODEL_CONTEXT_GPU is set' if gpus else ''}); "

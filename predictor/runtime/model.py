@@ -53,7 +53,7 @@ from predictor.checkpoint import (
     Preprocessing,
     read_class_names,
 )
-from predictor.config import Device, DeviceSpec
+from predictor.config import OPENVINO_DTYPES, Device, DeviceSpec
 from predictor.detections import FloatArray, RawDetections
 from predictor.errors import CheckpointError, InferenceError
 from predictor.runtime.graph import (
@@ -202,7 +202,7 @@ class Detector:
         self, symbol: mx.sym.Symbol, weights: dict[str, mx.nd.NDArray], threads: int | None
     ) -> tuple[OpenVinoTrunk | None, mx.sym.Symbol]:
         """The trunk OpenVINO runs and the tail left to MXNet; (None, ``symbol``) if none."""
-        if self.context.device_type != "cpu" or self.dtype not in ("float32", "bfloat16"):
+        if self.context.device_type != "cpu" or self.dtype not in OPENVINO_DTYPES:
             raise CheckpointError(
                 "MODEL_ENGINE=openvino runs float32 or bfloat16 on the CPU, "
                 f"not {self.dtype} on {self.context}"

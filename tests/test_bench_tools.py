@@ -269,14 +269,18 @@ def test_efficiency_is_judged_against_the_limits_measured_around_predictors_leve
     details = {
         "ssd300_digits_shapes/float32": {
             # Two rounds of bench.loadgen's levels, one of perf_analyzer's.
-            "limits_around_predictor": {"bench.loadgen": [[21.0, 22.0], [23.0, 22.0]]}
+            "limits_around_predictor": {"bench.loadgen": [[21.0, 22.0], [23.0, 22.0]]},
+            "limit_passes_around": 18,
         }
     }
     lines = verdicts(rows, details)
     loadgen = [x for x in lines if "float32, 16 clients, driven by bench.loadgen" in x]
     assert len(loadgen) == 1
     # 20 / mean(21, 22, 23, 22) = 0.91, where the run's limit would read 0.67.
-    against = "(predictor / the limit around its levels, 21.0 / 22.0 / 23.0 / 22.0) **0.91**"
+    against = (
+        "(predictor / the limit around its levels, each over 18 passes of the photos, "
+        "21.0 / 22.0 / 23.0 / 22.0) **0.91**"
+    )
     assert against in loadgen[0]
     assert loadgen[0].endswith("target >= 0.9: met.")
     # perf_analyzer's levels have no limits of their own here: the run's limit it is.

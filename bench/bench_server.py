@@ -197,6 +197,12 @@ def _run_share(detector: Detector, files: list[Path], mode: str, workers: int) -
             pass
 
 
+def passes_lasting(seconds: float, photos: int, limit_rps: float, at_least: int) -> int:
+    """Passes over ``photos`` photos that last about ``seconds`` at ``limit_rps``, and at
+    least ``at_least``: a measurement of the limit as long as the level it is set against."""
+    return max(at_least, math.ceil(seconds * limit_rps / photos))
+
+
 def confirm_limit(
     load: ReplicaLoader, files: list[Path], workers: int, offline: dict[str, Any], passes: int
 ) -> float:
@@ -435,8 +441,7 @@ def main() -> None:
     print(f"server with BATCH_MAX_SIZE={batch_max_size} ...", file=sys.stderr)
 
     # Each measurement between the levels lasts about as long as a level does.
-    per_pass_s = len(files) / offline["limit_rps"]
-    limit_passes = max(args.repeats * 3, math.ceil(LIMIT_SECONDS / per_pass_s))
+    limit_passes = passes_lasting(LIMIT_SECONDS, len(files), offline["limit_rps"], args.repeats * 3)
 
     def measure_limit() -> float:
         load = ReplicaLoader(settings.model_prefix, settings.model_edge)

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import re
 import shlex
@@ -71,7 +70,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.bench_server import LIMIT_SECONDS, machine, measure_offline, write_markdown
+from bench.bench_server import (
+    LIMIT_SECONDS,
+    machine,
+    measure_offline,
+    passes_lasting,
+    write_markdown,
+)
 from bench.bentoml_peer import BentoMLServer
 from bench.loadgen import LoadResult, drive
 from bench.mms import ModelServer
@@ -531,9 +536,10 @@ def measure_case(
     # run this shared machine's speed drifts by more than the target's margin.
     around: dict[str, list[list[float]]] = {LOADGEN: [], PERF_ANALYZER: []}
 
-    # Passes of the offline photos lasting about ``case.limit_seconds`` at the limit's rate.
-    per_pass_s = min(len(files), case.offline_photos) / offline["limit_rps"]
-    around_passes = max(case.offline_confirm, math.ceil(case.limit_seconds / per_pass_s))
+    photos = len(files[: case.offline_photos])
+    around_passes = passes_lasting(
+        case.limit_seconds, photos, offline["limit_rps"], case.offline_confirm
+    )
     details[f"{case.name}/{dtype}"]["limit_passes_around"] = around_passes
 
     def best_limit(when: str) -> float:

@@ -475,6 +475,16 @@ def offline_rows(case: ModelCase, dtype: str, offline: dict[str, Any]) -> list[d
     ]
 
 
+def generator_order(generators: list[str], round_index: int) -> list[str]:
+    """The load generators in the order they drive predictor in this round.
+
+    Alternated by round: whichever goes second meets a server that has already
+    served thousands of requests, after a limit measurement in a child process,
+    and in one fixed order that handicap always fell on the same generator.
+    """
+    return generators if round_index % 2 == 0 else generators[::-1]
+
+
 def measure_case(
     case: ModelCase,
     prefix: Path,
@@ -488,7 +498,8 @@ def measure_case(
     """Offline limit, then each contender's server under load.
 
     With ``perf_data`` (perf_analyzer's input file), predictor is driven by
-    perf_analyzer too, in the same server process after our own levels.
+    perf_analyzer too, in the same server process; which generator goes first
+    alternates by round (``generator_order``).
     """
     print(f"{case.name} ({dtype}): offline limit ...", file=sys.stderr, flush=True)
 
@@ -552,24 +563,28 @@ def measure_case(
         shift = round_index % len(contenders)
         for who in contenders[shift:] + contenders[:shift]:
             batch = offline["best_batch"]
-            ours = who.name == "predictor"
             with contender(who, case, prefix, batch, dtype, baseline_model) as endpoint:
-                before = best_limit("before predictor's levels") if ours else 0.0
-                runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
-                if ours:
-                    between = best_limit("after them")
-                    around[LOADGEN].append([before, between])
-                if perf_data is not None and ours:
-                    label = f"{who} {dtype}"
-                    try:
-                        perf_runs.append(perf_analyzer_levels(endpoint, perf_data, case, label))
-                        after = best_limit("after perf_analyzer's")
-                        around[PERF_ANALYZER].append([between, after])
-                    except PerfAnalyzerError as exc:
-                        # Hours of other figures are not thrown away for it: reported instead.
-                        print(f"  perf_analyzer failed: {exc}", file=sys.stderr, flush=True)
-                        details[f"{case.name}/{dtype}"]["perf_analyzer_error"] = str(exc)[-500:]
-                        perf_data = None
+                if who.name != "predictor":
+                    runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
+                    continue
+                label = f"{who} {dtype}"
+                generators = [LOADGEN] if perf_data is None else [LOADGEN, PERF_ANALYZER]
+                limits = [best_limit("before predictor's levels")]
+                for generator in generator_order(generators, round_index):
+                    if generator == LOADGEN:
+                        runs[who].append(run_levels(endpoint, bodies, case, label))
+                    else:
+                        assert perf_data is not None
+                        try:
+                            perf_runs.append(perf_analyzer_levels(endpoint, perf_data, case, label))
+                        except PerfAnalyzerError as exc:
+                            # Hours of other figures are not thrown away for it: reported instead.
+                            print(f"  perf_analyzer failed: {exc}", file=sys.stderr, flush=True)
+                            details[f"{case.name}/{dtype}"]["perf_analyzer_error"] = str(exc)[-500:]
+                            perf_data = None
+                            continue
+                    limits.append(best_limit(f"after {generator}'s levels"))
+                    around[generator].append(limits[-2:])
     details[f"{case.name}/{dtype}"]["limits_around_predictor"] = {
         generator: limits for generator, limits in around.items() if limits
     }

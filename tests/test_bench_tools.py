@@ -27,13 +27,16 @@ from aiohttp import web
 from bench.bench_server import ReplicaLoader, offline_rate, paired_overhead_ms
 from bench.compare import (
     CONTENDERS,
+    LOADGEN,
     PEERS,
+    PERF_ANALYZER,
     SMALL,
     Contender,
     ModelCase,
     Results,
     command_line,
     find,
+    generator_order,
     offline_rows,
     parse_contenders,
     perf_analyzer_rows,
@@ -286,6 +289,16 @@ def test_efficiency_is_judged_against_the_limits_measured_around_predictors_leve
     # perf_analyzer's levels have no limits of their own here: the run's limit it is.
     perf = [x for x in lines if "float32, 16 clients, driven by perf_analyzer" in x]
     assert len(perf) == 1 and "(predictor / offline limit) **0.93**" in perf[0]
+
+
+def test_each_load_generator_goes_first_in_every_other_round() -> None:
+    both = [LOADGEN, PERF_ANALYZER]
+    firsts = [generator_order(both, round_index)[0] for round_index in range(4)]
+    assert firsts == [LOADGEN, PERF_ANALYZER, LOADGEN, PERF_ANALYZER]
+    # Every round still runs each generator once, and the caller's list is left as it was.
+    assert all(sorted(generator_order(both, r)) == sorted(both) for r in range(4))
+    assert both == [LOADGEN, PERF_ANALYZER]
+    assert generator_order([LOADGEN], 1) == [LOADGEN]
 
 
 def test_peer_targets_take_the_best_peer_of_each_view() -> None:

@@ -478,9 +478,10 @@ def offline_rows(case: ModelCase, dtype: str, offline: dict[str, Any]) -> list[d
 def generator_order(generators: list[str], round_index: int) -> list[str]:
     """The load generators in the order they drive predictor in this round.
 
-    Alternated by round: whichever goes second meets a server that has already
-    served thousands of requests, after a limit measurement in a child process,
-    and in one fixed order that handicap always fell on the same generator.
+    Alternated by round: the second meets a server that has already served
+    thousands of requests, after a limit measurement in a child process, and
+    that state changes its rate (by run, either way); in one fixed order it
+    would always fall on the same generator.
     """
     return generators if round_index % 2 == 0 else generators[::-1]
 

@@ -475,15 +475,17 @@ def offline_rows(case: ModelCase, dtype: str, offline: dict[str, Any]) -> list[d
     ]
 
 
-def generator_order(generators: list[str], round_index: int) -> list[str]:
-    """The load generators in the order they drive predictor in this round.
+def rotated(items: list[Any], round_index: int) -> list[Any]:
+    """``items`` in the order they run in this round: each round starts one later.
 
-    Alternated by round: the second meets a server that has already served
-    thousands of requests, after a limit measurement in a child process, and
-    that state changes its rate (by run, either way); in one fixed order it
-    would always fall on the same generator.
+    Both the contenders and predictor's two load generators are rotated: what
+    runs later meets a machine (and, for the generators, a server that has
+    already served thousands of requests, after a limit measurement) in
+    another state, and in one fixed order that would always fall on the same
+    one.
     """
-    return generators if round_index % 2 == 0 else generators[::-1]
+    shift = round_index % len(items)
+    return items[shift:] + items[:shift]
 
 
 def measure_case(
@@ -500,7 +502,7 @@ def measure_case(
 
     With ``perf_data`` (perf_analyzer's input file), predictor is driven by
     perf_analyzer too, in the same server process; which generator goes first
-    alternates by round (``generator_order``).
+    alternates by round (``rotated``).
     """
     print(f"{case.name} ({dtype}): offline limit ...", file=sys.stderr, flush=True)
 
@@ -561,17 +563,16 @@ def measure_case(
         return rate
 
     for round_index in range(case.rounds):
-        shift = round_index % len(contenders)
-        for who in contenders[shift:] + contenders[:shift]:
+        for who in rotated(list(contenders), round_index):
             batch = offline["best_batch"]
+            label = f"{who} {dtype}"
             with contender(who, case, prefix, batch, dtype, baseline_model) as endpoint:
                 if who.name != "predictor":
-                    runs[who].append(run_levels(endpoint, bodies, case, f"{who} {dtype}"))
+                    runs[who].append(run_levels(endpoint, bodies, case, label))
                     continue
-                label = f"{who} {dtype}"
                 generators = [LOADGEN] if perf_data is None else [LOADGEN, PERF_ANALYZER]
                 limits = [best_limit("before predictor's levels")]
-                for generator in generator_order(generators, round_index):
+                for generator in rotated(generators, round_index):
                     if generator == LOADGEN:
                         runs[who].append(run_levels(endpoint, bodies, case, label))
                     else:

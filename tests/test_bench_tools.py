@@ -36,11 +36,11 @@ from bench.compare import (
     Results,
     command_line,
     find,
-    generator_order,
     offline_rows,
     parse_contenders,
     perf_analyzer_rows,
     render_section,
+    rotated,
     rows_for,
     shrink,
     verdicts,
@@ -293,12 +293,14 @@ def test_efficiency_is_judged_against_the_limits_measured_around_predictors_leve
 
 def test_each_load_generator_goes_first_in_every_other_round() -> None:
     both = [LOADGEN, PERF_ANALYZER]
-    firsts = [generator_order(both, round_index)[0] for round_index in range(4)]
+    firsts = [rotated(both, round_index)[0] for round_index in range(4)]
     assert firsts == [LOADGEN, PERF_ANALYZER, LOADGEN, PERF_ANALYZER]
     # Every round still runs each generator once, and the caller's list is left as it was.
-    assert all(sorted(generator_order(both, r)) == sorted(both) for r in range(4))
+    assert all(sorted(rotated(both, r)) == sorted(both) for r in range(4))
     assert both == [LOADGEN, PERF_ANALYZER]
-    assert generator_order([LOADGEN], 1) == [LOADGEN]
+    assert rotated([LOADGEN], 1) == [LOADGEN]
+    # The contenders rotate the same way: each round starts one later.
+    assert rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
 
 
 def test_peer_targets_take_the_best_peer_of_each_view() -> None:
